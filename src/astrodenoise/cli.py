@@ -1,0 +1,180 @@
+"""Command-line interface: one sub-command per pipeline step.
+
+Each sub-command is a thin wrapper over the public function of its module, so every
+step of the Snakemake workflow also runs by hand::
+
+    astrodenoise simulate --out demo/
+    astrodenoise ingest demo/raw/field00_e00.fits --out field00_e00.zarr
+    astrodenoise noise field00_e00.zarr --out field00_e00.json
+    astrodenoise train --images a.zarr b.zarr --noise a.json b.json --fields f f \\
+        --method n2n --out model.pt --curve curve.csv
+    astrodenoise predict a.zarr --noise a.json --model model.pt --out-zarr d.zarr --out-fits d.fits
+    astrodenoise evaluate a.zarr --noise a.json --denoised n2n=d.zarr --out-json e.json --out-png e.png
+    astrodenoise report --evaluations e.json --figures e.png --survey demo --out report.html
+
+Settings of a step are given as JSON with ``--config`` (keys as in config/config.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from .io import InputError
+
+__all__ = ["main", "build_parser"]
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--config is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--config must be a JSON object")
+    return value
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {item!r}")
+        out[name] = path
+    return out
+
+
+def _simulate(args) -> None:
+    from .simulate import SimulationConfig, write_demo_survey
+
+    fields = write_demo_survey(args.out, SimulationConfig.from_dict(args.config))
+    print(f"wrote {sum(map(len, fields.values()))} exposures of {len(fields)} fields to {args.out}")
+
+
+def _ingest(args) -> None:
+    from .ingest import IngestConfig, ingest
+
+    ingest(args.input, args.out, config=IngestConfig.from_dict(args.config))
+
+
+def _noise(args) -> None:
+    from .noise import NoiseConfig, noise
+
+    result = noise(args.input, args.out, config=NoiseConfig.from_dict(args.config))
+    print(f"{args.input}: sky {result['sky_level']:.3f}, sigma {result['sigma']:.4f}")
+
+
+def _train(args) -> None:
+    from .train import TrainConfig, train
+
+    config = TrainConfig.from_dict(args.config | {"method": args.method})
+    checkpoint = train(args.images, args.noise, args.fields, out_checkpoint=args.out,
+                       out_curve=args.curve, config=config)
+    print(f"{args.method}: best validation step {checkpoint['best_step']} of {checkpoint['step']}")
+
+
+def _predict(args) -> None:
+    from .predict import PredictConfig, predict
+
+    predict(args.input, args.noise, args.model, out_zarr=args.out_zarr, out_fits=args.out_fits,
+            config=PredictConfig.from_dict(args.config))
+
+
+def _evaluate(args) -> None:
+    from .evaluate import EvaluateConfig, evaluate
+
+    evaluate(args.input, args.noise, _pairs(args.denoised), out_json=args.out_json,
+             out_png=args.out_png, truth_fits=args.truth, catalog=args.catalog,
+             config=EvaluateConfig.from_dict(args.config))
+
+
+def _report(args) -> None:
+    from .report import report
+
+    report(args.evaluations, args.figures, out_html=args.out, survey=args.survey,
+           noise_files=args.noise or [], curves=_pairs(args.curves), models=_pairs(args.models),
+           config=args.config)
+    print(f"report written to {args.out}")
+
+
+def _add(sub, name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--config", type=_json_arg, default={},
+                        help="settings of this step as a JSON object (keys as in config.yaml)")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``astrodenoise`` command."""
+    parser = argparse.ArgumentParser(prog="astrodenoise", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    p = _add(sub, "simulate", _simulate, "Write the demo survey: raw/ exposures, truth/ images, catalog/.")
+    p.add_argument("--out", required=True, help="output directory")
+
+    p = _add(sub, "ingest", _ingest, "Convert one FITS exposure to a chunked zarr v3 store.")
+    p.add_argument("input", help="FITS file (.fits, .fits.fz, .fits.gz)")
+    p.add_argument("--out", required=True, help="zarr store to write")
+
+    p = _add(sub, "noise", _noise, "Measure sky level and noise sigma of an ingested exposure (JSON).")
+    p.add_argument("input", help="zarr store from ingest")
+    p.add_argument("--out", required=True, help="JSON file to write")
+
+    p = _add(sub, "train", _train, "Train a self-supervised denoiser on ingested exposures.")
+    p.add_argument("--images", nargs="+", required=True, help="zarr stores from ingest")
+    p.add_argument("--noise", nargs="+", required=True, help="noise JSON per image, same order")
+    p.add_argument("--fields", nargs="+", required=True, help="field name per image, same order")
+    p.add_argument("--method", choices=["n2v", "n2n"], required=True,
+                   help="n2v: blind spot, single exposures; n2n: pairs of exposures of a field")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--curve", required=True, help="training curve CSV to write")
+
+    p = _add(sub, "predict", _predict, "Denoise an ingested exposure tile by tile (zarr + FITS).")
+    p.add_argument("input", help="zarr store from ingest")
+    p.add_argument("--noise", required=True, help="noise JSON of this exposure")
+    p.add_argument("--model", required=True, help="checkpoint from train")
+    p.add_argument("--out-zarr", required=True, help="zarr store to write")
+    p.add_argument("--out-fits", required=True, help="FITS file to write (input header and WCS kept)")
+
+    p = _add(sub, "evaluate", _evaluate, "Score input, Gaussian baseline and denoised images.")
+    p.add_argument("input", help="zarr store from ingest")
+    p.add_argument("--noise", required=True, help="noise JSON of this exposure")
+    p.add_argument("--denoised", nargs="*", default=[], metavar="METHOD=ZARR",
+                   help="denoised images to score")
+    p.add_argument("--truth", help="noise-free truth FITS (demo survey)")
+    p.add_argument("--catalog", help="source catalogue (ECSV with x, y columns)")
+    p.add_argument("--out-json", required=True, help="metrics JSON to write")
+    p.add_argument("--out-png", required=True, help="cutout figure to write")
+
+    p = _add(sub, "report", _report, "Render the self-contained HTML report of a survey.")
+    p.add_argument("--evaluations", nargs="+", required=True, help="evaluate JSON files")
+    p.add_argument("--figures", nargs="+", required=True, help="evaluate PNG files, same order")
+    p.add_argument("--noise", nargs="*", help="noise JSON files")
+    p.add_argument("--curves", nargs="*", default=[], metavar="METHOD=CSV", help="training curves")
+    p.add_argument("--models", nargs="*", default=[], metavar="METHOD=PT", help="checkpoints")
+    p.add_argument("--survey", required=True, help="survey name for the title")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``astrodenoise`` command; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"astrodenoise {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

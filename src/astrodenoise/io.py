@@ -1,0 +1,268 @@
+"""File input and output: FITS, zarr v3 stores, JSON and model checkpoints.
+
+Everything that touches the disk lives here, so that the science modules compute on
+arrays only. Every writer is atomic: it writes to a temporary sibling and renames it
+into place, so an interrupted run never leaves a file that looks complete.
+
+Data conventions (see STYLE.md): arrays handed to the rest of the package are
+native-endian ``float32``; NaN means "no data".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
+from astropy.wcs import WCS, FITSFixedWarning
+
+__all__ = [
+    "InputError",
+    "atomic_path",
+    "file_sha256",
+    "read_fits_image",
+    "write_fits_image",
+    "write_zarr_image",
+    "open_zarr_image",
+    "header_from_attrs",
+    "celestial_wcs",
+    "read_json",
+    "write_json",
+    "save_checkpoint",
+    "load_checkpoint",
+    "FITS_SUFFIXES",
+]
+
+#: File name endings recognised as FITS images when a directory is given as input.
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fit.gz", ".fz")
+
+
+class InputError(ValueError):
+    """An input file cannot be used; the message names the file and what to do."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
+
+    Works for files and directories (zarr stores). On error the temporary is removed
+    and ``path`` is untouched, so no half-written output survives.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        yield target
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha256(path: str | os.PathLike, *, block: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file, read in blocks (for provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file does not exist; check the input path in config/config.yaml")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a FITS file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty (0 bytes); re-download or remove it from the inputs")
+
+
+def _pick_image_hdu(hdul: fits.HDUList, path: Path, hdu: int | str | None) -> fits.hdu.base.ExtensionHDU:
+    if hdu is not None:
+        try:
+            return hdul[hdu]
+        except (KeyError, IndexError) as err:
+            raise InputError(path, f"has no HDU {hdu!r}; available: {[h.name for h in hdul]}") from err
+    for candidate in hdul:
+        if candidate.is_image and candidate.header.get("NAXIS", 0) >= 2:
+            return candidate
+    raise InputError(path, "contains no image HDU with two or more axes")
+
+
+def read_fits_image(
+    path: str | os.PathLike, *, hdu: int | str | None = None
+) -> tuple[np.ndarray, fits.Header]:
+    """Read a 2-D science image from a FITS file.
+
+    Parameters
+    ----------
+    path : path-like
+        A FITS file, optionally tile-compressed (``.fits.fz``) or gzipped.
+    hdu : int or str, optional
+        The HDU index or EXTNAME holding the image; by default the first HDU with a
+        2-D image (so an empty primary HDU with the image in extension 1 works).
+
+    Returns
+    -------
+    data : (ny, nx) float32, native byte order, in the file's units
+        BLANK, NaN and infinite pixels become NaN (no data).
+    header : astropy.io.fits.Header
+        The full header of the image HDU (SIP and other distortion cards kept).
+
+    Raises
+    ------
+    InputError
+        The file is missing, empty, not FITS, has no 2-D image, or is all NaN.
+    """
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with fits.open(path) as hdul:
+            image_hdu = _pick_image_hdu(hdul, path, hdu)
+            header = image_hdu.header.copy()
+            # BLANK disappears from .header once .data is read: take it first.
+            blank = header.get("BLANK")
+            raw = image_hdu.data
+    except InputError:
+        raise
+    except (OSError, TypeError, ValueError) as err:
+        raise InputError(path, f"is not a readable FITS file ({err})") from err
+    if raw is None or raw.ndim != 2:
+        shape = None if raw is None else raw.shape
+        raise InputError(path, f"image has shape {shape}; a 2-D image is needed")
+    data = np.asarray(raw, dtype=np.float32)  # native endian, scaled by BSCALE/BZERO
+    if blank is not None and not np.issubdtype(raw.dtype, np.floating):
+        data[np.asarray(raw) == blank] = np.nan
+    data[~np.isfinite(data)] = np.nan
+    if np.isnan(data).all():
+        raise InputError(path, "image holds no valid pixel (all NaN or BLANK)")
+    for key in ("BSCALE", "BZERO", "BLANK"):
+        header.remove(key, ignore_missing=True)
+    return data, header
+
+
+def celestial_wcs(header: fits.Header) -> WCS | None:
+    """Return the celestial WCS of ``header``, or None where it has none or it is broken."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FITSFixedWarning, AstropyWarning))
+        try:
+            wcs = WCS(header, naxis=2)
+        except Exception:  # noqa: BLE001 - astropy raises many types on broken WCS
+            return None
+    return wcs if wcs.has_celestial else None
+
+
+def write_fits_image(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    header: fits.Header,
+    *,
+    history: list[str] = (),
+) -> None:
+    """Write ``data`` as a float32 FITS image with ``header`` (copied) plus HISTORY cards.
+
+    The input header is copied rather than rebuilt from a WCS object, because
+    ``WCS.to_header()`` drops SIP distortion.
+    """
+    header = header.copy()
+    for key in ("BSCALE", "BZERO", "BLANK", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2"):
+        header.remove(key, ignore_missing=True)
+    for line in history:
+        header.add_history(line)
+    hdu = fits.PrimaryHDU(data=np.asarray(data, dtype=np.float32), header=header)
+    with atomic_path(path) as tmp:
+        hdu.writeto(tmp, output_verify="silentfix")
+
+
+def write_zarr_image(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    chunks: int,
+    attrs: dict[str, Any],
+    name: str = "image",
+) -> None:
+    """Write a 2-D float32 image as array ``name`` of a new zarr v3 store, atomically.
+
+    ``attrs`` (JSON-serialisable) go on the array: header, units, provenance.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    with atomic_path(path) as tmp:
+        root = zarr.open_group(tmp, mode="w", zarr_format=3)
+        array = root.create_array(
+            name,
+            shape=data.shape,
+            dtype="float32",
+            chunks=(min(chunks, data.shape[0]), min(chunks, data.shape[1])),
+            fill_value=np.nan,
+        )
+        array[...] = data
+        array.attrs.update(attrs)
+
+
+def open_zarr_image(path: str | os.PathLike, *, name: str = "image") -> zarr.Array:
+    """Open array ``name`` of a zarr store read-only (data stay on disk)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "zarr store does not exist; run the ingest step first")
+    return zarr.open_array(path / name, mode="r")
+
+
+def header_from_attrs(attrs: dict[str, Any]) -> fits.Header:
+    """Rebuild the FITS header stored by ingest in zarr attributes."""
+    return fits.Header.fromstring(attrs["fits_header"])
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON file into a dict."""
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Save a checkpoint dict (tensors, plain Python values) atomically with torch.save."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: a checkpoint is data, never code."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "checkpoint does not exist; run the train step first")
+    return torch.load(path, map_location="cpu", weights_only=True)
