@@ -71,7 +71,7 @@ def _noise(args) -> None:
 def _train(args) -> None:
     from .train import TrainConfig, train
 
-    config = TrainConfig.from_dict(args.config | {"method": args.method})
+    config = TrainConfig.from_dict(args.config | {"method": args.method, "threads": args.threads})
     checkpoint = train(args.images, args.noise, args.fields, out_checkpoint=args.out,
                        out_curve=args.curve, config=config)
     print(f"{args.method}: best validation step {checkpoint['best_step']} of {checkpoint['step']}")
@@ -81,7 +81,7 @@ def _predict(args) -> None:
     from .predict import PredictConfig, predict
 
     predict(args.input, args.noise, args.model, out_zarr=args.out_zarr, out_fits=args.out_fits,
-            config=PredictConfig.from_dict(args.config))
+            config=PredictConfig.from_dict(args.config | {"threads": args.threads}))
 
 
 def _evaluate(args) -> None:
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="n2v: blind spot, single exposures; n2n: pairs of exposures of a field")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--curve", required=True, help="training curve CSV to write")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: all)")
 
     p = _add(sub, "predict", _predict, "Denoise an ingested exposure tile by tile (zarr + FITS).")
     p.add_argument("input", help="zarr store from ingest")
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint from train")
     p.add_argument("--out-zarr", required=True, help="zarr store to write")
     p.add_argument("--out-fits", required=True, help="FITS file to write (input header and WCS kept)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads in all (0: all)")
 
     p = _add(sub, "evaluate", _evaluate, "Score input, Gaussian baseline and denoised images.")
     p.add_argument("input", help="zarr store from ingest")

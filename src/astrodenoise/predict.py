@@ -43,12 +43,14 @@ class PredictConfig:
 
     ``tile`` is the dask block size in pixels (a multiple of ``2**n_pool``);
     ``workers`` the number of dask threads, each running the model on its own block;
-    ``device`` ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    ``device`` ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; ``threads``
+    the CPU cores to use in all (0: every core this process may run on).
     """
 
     tile: int = 512
     workers: int = 1
     device: str = "auto"
+    threads: int = 0
 
     @classmethod
     def from_dict(cls, values: dict) -> PredictConfig:
@@ -148,8 +150,8 @@ def predict_tiles(image: da.Array | np.ndarray, checkpoint: str, *, offset: floa
 
 def compute_threads(config: PredictConfig) -> int:
     """Torch threads per dask worker, so that workers x threads does not exceed the cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, config.workers))
+    cores = config.threads or len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, config.workers))
 
 
 def scheduler_options(config: PredictConfig) -> dict:

@@ -14,7 +14,20 @@ from typing import Any
 
 from . import __version__
 
-__all__ = ["code_version", "config_hash"]
+__all__ = ["STEP_VERSIONS", "code_version", "config_hash"]
+
+#: Version of each step's results. Bump a step's number in any change that alters what
+#: it computes: the workflow passes it through ``params:``, so Snakemake reruns that step
+#: (and everything downstream) on the next run. Snakemake does not track edits to src/.
+STEP_VERSIONS = {
+    "simulate": 1,
+    "ingest": 1,
+    "noise": 1,
+    "train": 1,
+    "predict": 1,
+    "evaluate": 1,
+    "report": 1,
+}
 
 
 def code_version() -> str:

@@ -1,0 +1,30 @@
+# The self-contained HTML report of the survey.
+
+
+rule report:
+    input:
+        evaluations=exposure_paths("results/evaluate/{survey}/{exposure}.json"),
+        figures=exposure_paths("results/evaluate/{survey}/{exposure}.png"),
+        noise=exposure_paths("results/noise/{survey}/{exposure}.json"),
+        curves=expand("results/train/{{survey}}/{method}/curve.csv", method=METHODS),
+        models=expand("results/train/{{survey}}/{method}/model.pt", method=METHODS),
+    output:
+        report(
+            "results/report/{survey}/report.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+    params:
+        curves=lambda wc, input: [f"{m}={p}" for m, p in zip(METHODS, input.curves)],
+        models=lambda wc, input: [f"{m}={p}" for m, p in zip(METHODS, input.models)],
+        cfg=json.dumps(config, sort_keys=True),
+        version=STEP_VERSIONS["report"],
+    log:
+        "logs/report/{survey}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "astrodenoise report --survey {wildcards.survey} --evaluations {input.evaluations:q}"
+        " --figures {input.figures:q} --noise {input.noise:q} --curves {params.curves:q}"
+        " --models {params.models:q} --config {params.cfg:q} --out {output:q} > {log:q} 2>&1"
