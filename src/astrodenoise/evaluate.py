@@ -213,7 +213,7 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
                                  config=config)
     scores = {name: score_image(img, background=background, mask=mask, truth=truth, phot=phot)
               for name, img in images.items()}
-    for name, s in scores.items():
+    for s in scores.values():
         s["rms_ratio"] = scores["input"]["rms_blank"] / s["rms_blank"]
         if truth is not None:
             s["psnr_gain"] = s["psnr"] - scores["input"]["psnr"]

@@ -188,7 +188,9 @@ def simulate_field(config: SimulationConfig, field_index: int, rng: np.random.Ge
             stamp = moffat_psf(fwhm_pix, config.moffat_beta, half=psf_half, dx=x - ix, dy=y - iy)
             r_eff, n = 0.0, 0.0
         else:
-            r_eff = float(np.clip(rng.lognormal(np.log(0.8 / scale), 0.5) * 10 ** (-0.1 * (mag - 21)), 0.8, 25))
+            # Fainter galaxies are smaller: median r_eff 0.8" at mag 21, shrinking 21% per mag.
+            size_draw = rng.lognormal(np.log(0.8 / scale), 0.5) * 10 ** (-0.1 * (mag - 21))
+            r_eff = float(np.clip(size_draw, 0.8, 25))
             half = int(np.ceil(max(4 * r_eff, 10)))
             stamp, n = _sersic_stamp(rng, half, x - ix, y - iy, r_eff)
             psf = moffat_psf(fwhm_pix, config.moffat_beta, half=psf_half)
@@ -270,5 +272,6 @@ def write_demo_survey(outdir: str | Path, config: SimulationConfig) -> dict[str,
             when = start + timedelta(days=f, seconds=e * (config.exptime + 30))
             exp_header["DATE-OBS"] = (when.isoformat(), "UTC start of exposure")
             exp_header["HISTORY"] = f"astrodenoise simulate: {dataclasses.asdict(config)}"
-            io.write_fits_image(outdir / "raw" / f"{name}.fits", simulate_exposure(truth, config, rng), exp_header)
+            exposure = simulate_exposure(truth, config, rng)
+            io.write_fits_image(outdir / "raw" / f"{name}.fits", exposure, exp_header)
     return fields
