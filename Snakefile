@@ -6,12 +6,14 @@
 #
 # Every rule calls the `astrodenoise` command; the science lives in src/astrodenoise.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"
@@ -31,3 +33,12 @@ rule all:
     input:
         get_final_outputs(),
     default_target: True
+
+
+onsuccess:
+    print(f"\nastrodenoise: done. Report: {os.path.abspath(f'results/report/{SURVEY}/report.html')}")
+
+
+onerror:
+    print("\nastrodenoise: a step failed. Its log under logs/<step>/ says why; fix it and rerun "
+          "the same command: finished steps are kept, the failed step's output was removed.")

@@ -54,7 +54,9 @@ class TrainConfig:
     ``mask_fraction`` and ``neighbourhood`` are the N2V blind-spot settings (share of
     pixels replaced, size of the window the replacement is drawn from); ``val_fraction``
     the share of image rows held out for validation; ``loss`` ``"mse"`` (Gaussian noise)
-    or ``"l1"`` (robust against cosmic rays and other outliers).
+    or ``"l1"`` (robust against cosmic rays and other outliers); ``source_fraction`` the
+    share of training patches placed on a source (a pixel above 5 sigma): sources cover
+    a few percent of a survey image, and uniform patches would rarely teach the net them.
     """
 
     method: str = "n2v"
@@ -68,6 +70,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_every: int = 100
     patience: int = 6
+    source_fraction: float = 0.5
     seed: int = 0
     threads: int = 0
     model: UNetConfig = field(default_factory=UNetConfig)
@@ -156,6 +159,13 @@ class _PatchSampler:
         for i, exp in enumerate(exposures):
             self.fields.setdefault(exp.field, []).append(i)
         self.pairs = {f: idx for f, idx in self.fields.items() if len(idx) >= 2}
+        self.bright = [self._bright_pixels(i) for i in range(len(self.images))]
+
+    def _bright_pixels(self, i: int) -> np.ndarray:
+        """(n, 2) row/column of training-region pixels above 5 sigma (source candidates)."""
+        split = self._split_row(i)
+        ys, xs = np.nonzero(self.images[i][:split] > 5.0)
+        return np.column_stack([ys, xs])
 
     def _split_row(self, i: int) -> int:
         ny = self.images[i].shape[0]
@@ -168,6 +178,12 @@ class _PatchSampler:
         # Validation patches start in the held-out bottom rows (overlapping the training
         # rows only when that band is thinner than a patch).
         lo, hi = (max(0, min(split, ny - p)), ny - p) if val else (0, max(0, split - p))
+        bright = self.bright[i]
+        if not val and len(bright) and self.rng.random() < self.config.source_fraction:
+            cy, cx = bright[self.rng.integers(len(bright))]
+            y = np.clip(cy - self.rng.integers(p), lo, hi)
+            x = np.clip(cx - self.rng.integers(p), 0, nx - p)
+            return int(y), int(x)
         y = self.rng.integers(lo, hi + 1)
         return int(y), int(self.rng.integers(0, nx - p + 1))
 

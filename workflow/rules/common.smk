@@ -1,7 +1,9 @@
 # Helpers shared by all rules: config validation, the exposure table, input functions.
 
 import json
+import os
 import re
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -13,6 +15,10 @@ from astrodenoise.simulate import SimulationConfig, exposure_names
 
 
 validate(config, "../schemas/config.schema.yaml")
+
+# Rules call the `astrodenoise` command of the Python that runs Snakemake, also when the
+# user calls .venv/bin/snakemake without activating the virtual environment.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 SURVEY = config["survey"]
 IS_DEMO = config["inputs"]["source"] == "demo"

@@ -7,7 +7,7 @@ rule simulate:
         truth=[f"{SIM_DIR}/truth/{f}.fits" for f in FIELDS] if IS_DEMO else [],
         catalog=[f"{SIM_DIR}/catalog/{f}.ecsv" for f in FIELDS] if IS_DEMO else [],
     params:
-        outdir=SIM_DIR,
+        outdir=lambda wc, output: os.path.dirname(os.path.dirname(output.raw[0])),
         cfg=step_config("simulate"),
         version=STEP_VERSIONS["simulate"],
     log:

@@ -1,0 +1,154 @@
+"""The Snakemake workflow end to end, on a tiny demo survey in a temporary directory.
+
+These tests run Snakemake in a subprocess exactly as a user would (``snakemake -s
+Snakefile --directory DIR``) and check the products, not the internals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+from astropy.wcs import WCS
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+TINY = {
+    "survey": "tiny",
+    "simulate": {"n_fields": 1, "n_exposures": 2, "size": 128, "seed": 7},
+    "train": {"methods": ["n2n", "n2v"], "steps": 60, "val_every": 20, "patch_size": 32,
+              "batch_size": 8, "model": {"depth": 2, "channels": 8}},
+    "predict": {"tile": 64},
+    "evaluate": {"cutout": 96},
+}
+
+
+def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+    config_file = workdir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config_file), "--cores", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env=os.environ | {"PYTHONHASHSEED": "0"})
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = run_snakemake(workdir, TINY)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return workdir, result
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+@pytest.mark.slow
+def test_dry_run_shows_the_whole_chain(tmp_path):
+    result = run_snakemake(tmp_path, TINY, "-n")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rule in ("simulate", "ingest", "noise", "train", "predict", "evaluate", "report"):
+        assert rule in result.stdout
+
+
+@pytest.mark.slow
+def test_report_is_html_with_embedded_figures(demo_run):
+    workdir, result = demo_run
+    report = workdir / "results" / "report" / "tiny" / "report.html"
+
+    parser = _Collector()
+    parser.feed(report.read_text())
+
+    assert "html" in parser.tags and "table" in parser.tags
+    assert parser.images and all(src.startswith("data:image/png;base64,") for src in parser.images)
+    assert str(report.resolve()) in result.stdout  # the run says where the report is
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["n2n", "n2v"])
+def test_denoised_fits_keeps_wcs_and_lowers_blank_sky_noise(demo_run, method):
+    workdir, _ = demo_run
+    raw = workdir / "results" / "simulate" / "tiny" / "raw" / "field00_e00.fits"
+    out = workdir / "results" / "predict" / "tiny" / method / "field00_e00.fits"
+    scores = json.loads((workdir / "results" / "evaluate" / "tiny" / "field00_e00.json").read_text())
+
+    with fits.open(out) as hdul:
+        header, data = hdul[0].header, hdul[0].data
+    wcs_in, wcs_out = WCS(fits.getheader(raw)), WCS(header)
+
+    assert data.shape == (128, 128) and np.isfinite(data).all()
+    assert wcs_out.has_celestial
+    np.testing.assert_allclose(wcs_out.pixel_to_world_values(10, 20), wcs_in.pixel_to_world_values(10, 20))
+    assert any("predict" in str(card) for card in header["HISTORY"])
+    assert scores["scores"][method]["rms_blank"] < scores["scores"]["input"]["rms_blank"]
+    assert scores["scores"][method]["psnr"] > scores["scores"]["input"]["psnr"]
+    assert "bias" in scores["scores"][method]["photometry"]["faint"]
+
+
+@pytest.mark.slow
+def test_rerun_has_nothing_to_do(demo_run):
+    workdir, _ = demo_run
+
+    result = run_snakemake(workdir, TINY, "-n")
+
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def _fits_config(path: str) -> dict:
+    return TINY | {"inputs": {"source": "fits", "path": path}, "train": TINY["train"] | {"methods": ["n2v"]}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda d: d / "missing", "does not exist"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", "holds no FITS file"),
+        (lambda d: (d / "in").mkdir() or (d / "in" / "notes.fits").write_text("hello") and d / "in",
+         "is not a FITS file"),
+    ],
+    ids=["missing-dir", "empty-dir", "non-fits-file"],
+)
+def test_bad_inputs_stop_before_any_job(tmp_path, make_input, message):
+    path = make_input(tmp_path)
+
+    result = run_snakemake(tmp_path, _fits_config(str(path)))
+
+    assert result.returncode != 0
+    assert message in result.stderr and str(path) in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_truncated_fits_fails_ingest_and_leaves_no_store(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 2, "NAXIS1": 128, "NAXIS2": 128})
+    (inputs / "cut.fits").write_bytes(header.tostring().encode() + b"\0" * 1000)
+
+    result = run_snakemake(tmp_path, _fits_config(str(inputs)))
+    log = (tmp_path / "logs" / "ingest" / "tiny" / "cut.log").read_text()
+
+    assert result.returncode != 0
+    assert "cut.fits" in log and "error" in log
+    assert not (tmp_path / "results" / "ingest" / "tiny" / "cut.zarr").exists()
+    assert not list((tmp_path / "results" / "ingest" / "tiny").glob("*.tmp"))
