@@ -43,7 +43,7 @@ def _pairs(items: list[str]) -> dict[str, str]:
     for item in items or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {item!r}")
+            raise ValueError(f"expected NAME=PATH, got {item!r}")
         out[name] = path
     return out
 
@@ -172,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        # A <Step>Config dataclass refused an unknown key from --config.
+        print(f"astrodenoise {args.command}: error: unknown setting in --config: {err}", file=sys.stderr)
+        return 2
     except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"astrodenoise {args.command}: error: {err}", file=sys.stderr)
         return 2

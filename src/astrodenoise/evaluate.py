@@ -137,7 +137,7 @@ def _detected_positions(image, background, rms) -> np.ndarray:
     if segments is None:
         return np.empty((0, 2))
     cat = SourceCatalog(np.nan_to_num(image - background), segments)
-    return np.column_stack([cat.xcentroid, cat.ycentroid])
+    return np.column_stack([cat.x_centroid, cat.y_centroid])
 
 
 def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, config):

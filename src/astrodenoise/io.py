@@ -139,8 +139,10 @@ def read_fits_image(
         with fits.open(path) as hdul:
             image_hdu = _pick_image_hdu(hdul, path, hdu)
             header = image_hdu.header.copy()
-            # BLANK disappears from .header once .data is read: take it first.
+            # BLANK, BSCALE and BZERO disappear from .header once .data is read: take them
+            # first. BLANK is a stored (unscaled) integer value.
             blank = header.get("BLANK")
+            bscale, bzero = header.get("BSCALE", 1.0), header.get("BZERO", 0.0)
             raw = image_hdu.data
     except InputError:
         raise
@@ -150,8 +152,9 @@ def read_fits_image(
         shape = None if raw is None else raw.shape
         raise InputError(path, f"image has shape {shape}; a 2-D image is needed")
     data = np.asarray(raw, dtype=np.float32)  # native endian, scaled by BSCALE/BZERO
-    if blank is not None and not np.issubdtype(raw.dtype, np.floating):
-        data[np.asarray(raw) == blank] = np.nan
+    if blank is not None and header.get("BITPIX", 0) > 0:
+        # Compare in float64, where every 16- and 32-bit stored integer is exact.
+        data[np.asarray(raw, dtype=np.float64) == blank * bscale + bzero] = np.nan
     data[~np.isfinite(data)] = np.nan
     if np.isnan(data).all():
         raise InputError(path, "image holds no valid pixel (all NaN or BLANK)")

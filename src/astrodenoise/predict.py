@@ -139,13 +139,31 @@ def predict_tiles(image: da.Array | np.ndarray, checkpoint: str, *, offset: floa
     if config.tile % step:
         raise ValueError(f"predict.tile {config.tile} must be a multiple of 2**n_pool = {step}")
     overlap = tile_overlap(model)
-    tile = max(config.tile, overlap)
-    array = da.asarray(image).astype(np.float32).rechunk((tile, tile))
+    array = da.asarray(image).astype(np.float32)
+    array = array.rechunk(tuple(_axis_chunks(n, config.tile, overlap) for n in array.shape))
     return array.map_overlap(
         _denoise_block, depth=overlap, boundary="none", trim=True,
         dtype=np.float32, meta=np.array((), dtype=np.float32),
         checkpoint=str(checkpoint), device=config.device, offset=float(offset),
     )
+
+
+def _axis_chunks(length: int, tile: int, overlap: int) -> tuple[int, ...]:
+    """Chunk sizes along one axis: block edges on multiples of ``tile`` (itself a multiple
+    of ``2**n_pool``), and a last block no thinner than ``overlap``.
+
+    dask's map_overlap re-chunks an array whose last block is thinner than the overlap,
+    which would move block edges off the pooling grid and make seams; a thin remainder is
+    therefore merged into the block before it.
+    """
+    tile = max(tile, overlap)
+    chunks = [tile] * (length // tile)
+    remainder = length - tile * len(chunks)
+    if remainder and chunks and remainder < overlap:
+        chunks[-1] += remainder
+    elif remainder:
+        chunks.append(remainder)
+    return tuple(chunks)
 
 
 def compute_threads(config: PredictConfig) -> int:
@@ -181,6 +199,7 @@ def predict(input_zarr: str, noise_json: str, checkpoint: str, *, out_zarr: str,
     }
     attrs = dict(source.attrs) | {"provenance_predict": provenance}
     io.write_zarr_image(out_zarr, result, chunks=config.tile, attrs=attrs)
-    history = [f"astrodenoise {code_version()} predict: model {Path(checkpoint).name} "
-               f"sha256 {model_hash}", f"input {Path(input_zarr).name}"]
+    # Short HISTORY lines: astropy wraps long ones mid-word, which breaks a grep for the hash.
+    history = [f"astrodenoise {code_version()} predict", f"model {Path(checkpoint).name}",
+               f"model sha256 {model_hash}", f"input {Path(input_zarr).name}"]
     io.write_fits_image(out_fits, result, io.header_from_attrs(source.attrs), history=history)

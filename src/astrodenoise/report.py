@@ -38,8 +38,11 @@ def _mean(values) -> float | None:
 
 
 def summarise(evaluations: list[dict]) -> list[dict]:
-    """Average each image kind's scores over exposures: one row per kind (input first)."""
-    kinds = list(evaluations[0]["scores"])
+    """Average each image kind's scores over exposures: one row per kind.
+
+    Rows come in reading order: the noisy input, the classical baseline, then the models.
+    """
+    kinds = sorted(evaluations[0]["scores"], key=lambda k: (k != "input", k != "gaussian", k))
     rows = []
     for kind in kinds:
         scores = [e["scores"][kind] for e in evaluations if kind in e["scores"]]

@@ -1,0 +1,231 @@
+"""Tests of astrodenoise.evaluate: metrics and the evaluate step on a simulated exposure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from astrodenoise import io
+from astrodenoise.evaluate import (
+    EvaluateConfig,
+    aperture_fluxes,
+    blank_sky_rms,
+    evaluate,
+    flux_bias,
+    gaussian_baseline,
+    psnr,
+    score_image,
+)
+from astrodenoise.ingest import ingest
+from astrodenoise.noise import noise
+
+
+def _ramp(shape=(32, 40)):
+    return np.linspace(0.0, 10.0, shape[0] * shape[1]).reshape(shape)
+
+
+@pytest.mark.parametrize("offset", [0.1, 0.5, 2.0])
+def test_psnr_of_constant_offset_is_analytic(offset):
+    truth = _ramp()  # data range exactly 10
+
+    value = psnr(truth + offset, truth)
+
+    assert value == pytest.approx(10 * np.log10(10.0**2 / offset**2), rel=1e-9)
+
+
+def test_psnr_of_gaussian_noise_is_close_to_analytic():
+    truth = _ramp((200, 200))
+    noisy = truth + np.random.default_rng(0).normal(0.0, 0.5, truth.shape)
+
+    assert psnr(noisy, truth) == pytest.approx(20 * np.log10(10.0 / 0.5), abs=0.05)
+
+
+def test_psnr_ignores_nan_pixels():
+    truth = _ramp()
+    image = truth + 0.5
+    image[0, :] = np.nan
+    image[5, 5] = np.nan
+
+    assert psnr(image, truth) == pytest.approx(10 * np.log10(100 / 0.25), rel=1e-9)
+
+
+@pytest.mark.parametrize("sigma", [0.2, 4.0])
+def test_blank_sky_rms_recovers_sigma_of_pure_noise(sigma):
+    rng = np.random.default_rng(1)
+    image = 50.0 + rng.normal(0.0, sigma, (128, 128))
+    background = np.full(image.shape, 50.0)
+    mask = np.zeros(image.shape, bool)
+
+    assert blank_sky_rms(image, background=background, mask=mask) == pytest.approx(sigma, rel=0.03)
+
+
+def test_blank_sky_rms_ignores_masked_pixels_and_nan():
+    rng = np.random.default_rng(2)
+    image = rng.normal(0.0, 1.0, (128, 128))
+    image[:20, :] += 500.0  # a bright source...
+    mask = np.zeros(image.shape, bool)
+    mask[:20, :] = True  # ...masked
+    image[100, 100] = np.nan
+
+    value = blank_sky_rms(image, background=np.zeros(image.shape), mask=mask)
+
+    assert value == pytest.approx(1.0, rel=0.03)
+
+
+def test_gaussian_baseline_lowers_rms_and_keeps_nan():
+    rng = np.random.default_rng(3)
+    image = 10.0 + rng.normal(0.0, 1.0, (128, 128))
+    image[40, 40] = np.nan
+
+    smooth = gaussian_baseline(image, sigma=1.0)
+
+    assert smooth.dtype == np.float32
+    assert np.isnan(smooth[40, 40])
+    assert np.isfinite(smooth).sum() == image.size - 1  # neighbours of the NaN stay finite
+    # White noise smoothed by a unit Gaussian: std falls by 2 * sqrt(pi) = 3.54.
+    assert np.nanstd(smooth) == pytest.approx(1.0 / (2 * np.sqrt(np.pi)), rel=0.1)
+    assert np.nanmean(smooth) == pytest.approx(10.0, abs=0.05)
+
+
+def test_gaussian_baseline_next_to_nan_is_a_weighted_mean_of_valid_pixels():
+    image = np.full((16, 16), 3.0)
+    image[:, :8] = np.nan
+
+    smooth = gaussian_baseline(image, sigma=2.0)
+
+    np.testing.assert_allclose(smooth[:, 8:], 3.0, rtol=1e-6)
+    assert np.isnan(smooth[:, :8]).all()
+
+
+def test_flux_bias_per_class_counts_and_bias():
+    reference = np.array([100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0])
+    snr = np.array([10.0, 12.0, 15.0, 30.0, 60.0, 80.0, 100.0, 3.0])
+    flux = reference.copy()
+    faint = (snr > 5) & (snr < 20)
+    bright = snr > 50
+    flux[faint] *= 0.9
+    flux[bright] *= 1.05
+    flux[~faint & ~bright] *= 2.0  # outside both classes: must not count
+
+    result = flux_bias(flux, reference, snr)
+
+    assert result["faint"]["n"] == 3
+    assert result["faint"]["bias"] == pytest.approx(-0.1)
+    assert result["faint"]["scatter"] == pytest.approx(0.0, abs=1e-12)
+    assert result["bright"]["n"] == 3
+    assert result["bright"]["bias"] == pytest.approx(0.05)
+
+
+def test_flux_bias_skips_non_positive_reference_and_empty_classes():
+    reference = np.array([-5.0, 0.0, 100.0])
+    snr = np.array([10.0, 10.0, 10.0])
+    flux = np.array([1.0, 1.0, 80.0])
+
+    result = flux_bias(flux, reference, snr)
+
+    assert result["faint"] == {"n": 1, "bias": pytest.approx(-0.2), "scatter": None}
+    assert result["bright"] == {"n": 0, "bias": None, "scatter": None}
+
+
+def test_aperture_fluxes_sum_a_point_source():
+    image = np.zeros((40, 40))
+    image[20, 10] = 7.0
+    image[5, 30] = 3.0
+
+    fluxes = aperture_fluxes(image, np.array([[10.0, 20.0], [30.0, 5.0]]), radius=3.0)
+
+    np.testing.assert_allclose(fluxes, [7.0, 3.0])
+
+
+def test_score_image_of_truth_is_perfect():
+    truth = _ramp((64, 64))
+    background = np.zeros(truth.shape)
+    mask = np.zeros(truth.shape, bool)
+    noisy = truth + np.random.default_rng(4).normal(0.0, 0.3, truth.shape)
+
+    perfect = score_image(truth, background=background, mask=mask, truth=truth + 0.01)
+    rough = score_image(noisy, background=background, mask=mask, truth=truth)
+
+    assert perfect["rmse"] == pytest.approx(0.01)
+    assert perfect["ssim"] > rough["ssim"]
+    assert perfect["psnr"] > rough["psnr"]
+    assert rough["rmse"] == pytest.approx(0.3, rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def evaluated(demo_survey, tmp_path_factory):
+    """evaluate() on the first demo exposure with a "denoised" image equal to the truth."""
+    root = demo_survey.root
+    work = tmp_path_factory.mktemp("evaluate")
+    store = work / "field00_e00.zarr"
+    ingest(root / "raw" / "field00_e00.fits", store)
+    noise_json = work / "field00_e00.json"
+    noise(store, noise_json)
+    truth_fits = root / "truth" / "field00.fits"
+    perfect = work / "perfect.zarr"
+    io.write_zarr_image(perfect, io.read_fits_image(truth_fits)[0], chunks=64, attrs={})
+    out_json, out_png = work / "eval.json", work / "eval.png"
+    with pytest.warns(RuntimeWarning, match="divide by zero"):  # PSNR of a perfect image
+        result = evaluate(str(store), str(noise_json), {"perfect": str(perfect)},
+                          out_json=str(out_json), out_png=str(out_png),
+                          truth_fits=str(truth_fits),
+                          catalog=str(root / "catalog" / "field00.ecsv"),
+                          config=EvaluateConfig(cutout=64))
+    return result, out_json, out_png, root
+
+
+def test_evaluate_scores_input_baseline_and_denoised(evaluated):
+    result, out_json, out_png, root = evaluated
+
+    assert set(result["scores"]) == {"input", "gaussian", "perfect"}
+    assert result["has_truth"] is True
+    assert result["photometry_reference"] == "truth"
+    assert result["n_sources"] == len(Table.read(root / "catalog" / "field00.ecsv"))
+    assert result["object"] == "field00"
+    assert io.read_json(out_json)["scores"]["input"]["rms_blank"] == result["scores"]["input"][
+        "rms_blank"]
+    assert out_png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_evaluate_perfect_denoiser_beats_input_and_keeps_flux(evaluated):
+    scores = evaluated[0]["scores"]
+    perfect, noisy = scores["perfect"], scores["input"]
+
+    assert perfect["psnr"] > noisy["psnr"]
+    assert perfect["psnr_gain"] > 0
+    assert perfect["rmse"] == 0.0
+    assert perfect["rms_ratio"] > 5
+    for cls in ("bright", "faint"):
+        assert perfect["photometry"][cls]["n"] > 0
+        assert perfect["photometry"][cls]["n"] == noisy["photometry"][cls]["n"]
+        assert perfect["photometry"][cls]["bias"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evaluate_input_photometry_is_unbiased_and_baseline_smooths(evaluated):
+    scores = evaluated[0]["scores"]
+
+    assert scores["input"]["rms_ratio"] == 1.0
+    assert scores["input"]["psnr_gain"] == 0.0
+    # Noise only: bright sources (S/N > 50) measure their true flux to a few percent.
+    assert scores["input"]["photometry"]["bright"]["bias"] == pytest.approx(0.0, abs=0.05)
+    # The Gaussian baseline lowers blank-sky noise about 3.5 times for white noise.
+    assert scores["gaussian"]["rms_ratio"] == pytest.approx(3.5, rel=0.15)
+    assert scores["gaussian"]["psnr_gain"] > 0
+
+
+def test_evaluate_without_truth_or_catalog_detects_sources(demo_survey, tmp_path):
+    store = tmp_path / "e01.zarr"
+    ingest(demo_survey.root / "raw" / "field00_e01.fits", store)
+    noise_json = tmp_path / "e01.json"
+    noise(store, noise_json)
+
+    result = evaluate(str(store), str(noise_json), {}, out_json=str(tmp_path / "e.json"),
+                      out_png=str(tmp_path / "e.png"), config=EvaluateConfig(cutout=64))
+
+    assert result["has_truth"] is False
+    assert result["photometry_reference"] == "input"
+    assert result["n_sources"] > 5
+    assert set(result["scores"]) == {"input", "gaussian"}
+    assert "psnr" not in result["scores"]["input"]
+    assert result["scores"]["input"]["photometry"]["bright"]["bias"] == 0.0

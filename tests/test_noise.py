@@ -1,0 +1,153 @@
+"""Tests of astrodenoise.noise: sky level and Gaussian sigma measured from the data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from astrodenoise import io
+from astrodenoise.noise import NoiseConfig, estimate_background, estimate_noise, noise, source_mask
+
+
+@pytest.mark.parametrize("sigma", [0.5, 3.0, 20.0])
+def test_estimate_noise_recovers_injected_sigma_and_sky(make_image, sigma):
+    image = make_image(160, sky=100.0, sigma=sigma, n_stars=15, seed=2)
+
+    result = estimate_noise(image.data)
+
+    assert result["sigma"] == pytest.approx(sigma, rel=0.03)
+    assert result["sky_level"] == pytest.approx(100.0, abs=0.1 * sigma)
+    assert result["sky_rms"] == pytest.approx(sigma, rel=0.1)
+
+
+def test_sources_are_masked_so_sigma_is_not_inflated(make_image):
+    crowded = make_image(160, sky=50.0, sigma=2.0, n_stars=60, seed=3)
+    naive = float(np.std(crowded.data))
+
+    result = estimate_noise(crowded.data)
+
+    assert naive > 2 * crowded.sigma  # the stars dominate a plain standard deviation
+    assert result["sigma"] == pytest.approx(crowded.sigma, rel=0.03)
+    assert 0.2 < result["blank_fraction"] < 1.0
+
+
+def test_estimate_noise_ignores_nan_pixels(make_image):
+    image = make_image(160, sky=100.0, sigma=3.0, seed=4)
+    data = image.data.copy()
+    data[:, :40] = np.nan
+
+    result = estimate_noise(data)
+
+    assert result["nan_fraction"] == pytest.approx(0.25)
+    assert result["sigma"] == pytest.approx(3.0, rel=0.03)
+    assert np.isfinite(result["sky_level"])
+
+
+def test_sigma_from_header_uses_gain_and_read_noise(poisson_field):
+    header = fits.Header({"GAIN": poisson_field.gain, "RDNOISE": poisson_field.read_noise})
+
+    result = estimate_noise(poisson_field.data, header=header)
+
+    gain, rn = poisson_field.gain, poisson_field.read_noise
+    expected = np.sqrt(result["sky_level"] * gain + rn**2) / gain
+    assert result["header_gain"] == gain
+    assert result["header_read_noise"] == rn
+    assert result["sigma_from_header"] == pytest.approx(expected, rel=1e-12)
+    # On a bias-free frame, the measured sigma agrees with the noise model.
+    assert result["sigma"] == pytest.approx(result["sigma_from_header"], rel=0.03)
+    assert result["sigma"] == pytest.approx(poisson_field.sigma, rel=0.03)
+
+
+@pytest.mark.parametrize("cards", [{}, {"GAIN": 2.0}, {"RDNOISE": 5.0}, {"GAIN": "unknown",
+                                                                         "RDNOISE": 5.0}])
+def test_sigma_from_header_none_without_both_keywords(poisson_field, cards):
+    result = estimate_noise(poisson_field.data, header=fits.Header(cards))
+
+    assert result["sigma_from_header"] is None
+
+
+def test_sigma_from_header_none_without_header(poisson_field):
+    result = estimate_noise(poisson_field.data)
+
+    assert result["header_gain"] is None
+    assert result["header_read_noise"] is None
+    assert result["sigma_from_header"] is None
+
+
+def test_estimate_background_follows_a_gradient(make_image):
+    image = make_image(128, sky=0.0, sigma=1.0, n_stars=0, seed=5)
+    yy, xx = np.mgrid[0:128, 0:128]
+    slope = 100.0 + 0.2 * xx  # 25 sigma across the image, 3 sigma across a mesh
+    data = (image.data + slope).astype(np.float32)
+
+    background, rms = estimate_background(data, box_size=16, filter_size=1)
+
+    assert background.shape == rms.shape == data.shape
+    assert background.dtype == np.float32
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.abs(background - slope)[inner].max() < 0.5
+    assert np.all(rms > 0)
+
+
+def test_source_mask_covers_stars_and_nan(make_image):
+    image = make_image(128, sky=100.0, sigma=1.0, n_stars=0, seed=6)
+    data = image.data.copy()
+    yy, xx = np.mgrid[0:128, 0:128]
+    data += 50.0 * np.exp(-((xx - 40) ** 2 + (yy - 70) ** 2) / 8.0)
+    data[5, 5] = np.nan
+    background = np.full(data.shape, 100.0, np.float32)
+    rms = np.ones(data.shape, np.float32)
+
+    mask = source_mask(data, background, rms, detect_sigma=2.0, dilate=4)
+
+    assert mask[70, 40] and mask[70, 40 + 6]  # the star and its dilated wing
+    assert mask[5, 5]
+    assert mask.mean() < 0.2
+
+
+def test_noise_step_writes_json(tmp_path, poisson_field):
+    header = fits.Header({"GAIN": 2.0, "RDNOISE": 5.0})
+    store = tmp_path / "exp01.zarr"
+    io.write_zarr_image(store, poisson_field.data, chunks=64,
+                        attrs={"fits_header": header.tostring()})
+    out = tmp_path / "exp01.json"
+
+    result = noise(store, out, config=NoiseConfig(box_size=32))
+
+    assert io.read_json(out) == result
+    assert result["exposure"] == "exp01"
+    assert result["config"]["box_size"] == 32
+    assert result["sigma"] == pytest.approx(poisson_field.sigma, rel=0.03)
+    assert result["sigma_from_header"] is not None
+
+
+@pytest.mark.filterwarnings("ignore:No sources were found")
+def test_noise_step_rejects_image_without_noise(tmp_path):
+    store = tmp_path / "flat.zarr"
+    io.write_zarr_image(store, np.full((96, 96), 7.0, np.float32), chunks=64,
+                        attrs={"fits_header": fits.Header().tostring()})
+    out = tmp_path / "flat.json"
+
+    with pytest.raises(io.InputError, match="sigma is 0.0") as err:
+        noise(store, out)
+
+    assert err.value.path == str(store)
+    assert not out.exists()
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name, gain, read_noise", [("tnx.fits", 2.4, 5.3),
+                                                    ("a8280271.fits", 1.9, 5.0)])
+def test_real_frames_give_finite_positive_sigma(real_data_dir, name, gain, read_noise):
+    data, header = io.read_fits_image(real_data_dir / name)
+
+    result = estimate_noise(data, header=header)
+
+    assert np.isfinite(result["sigma"]) and result["sigma"] > 0
+    assert np.isfinite(result["sky_level"])
+    # Blank-sky sigma is below the spread of the whole frame, which includes sources.
+    assert result["sigma"] < np.nanstd(data)
+    assert result["header_gain"] == pytest.approx(gain)
+    assert result["header_read_noise"] == pytest.approx(read_noise)
+    assert result["sigma_from_header"] is not None

@@ -1,0 +1,187 @@
+"""Tests of astrodenoise.predict: tiled inference equals whole-image inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from astropy.wcs import WCS
+
+from astrodenoise import io
+from astrodenoise.model import UNet, UNetConfig
+from astrodenoise.predict import (
+    PredictConfig,
+    _device,
+    compute_threads,
+    denoise_array,
+    load_model,
+    predict,
+    predict_tiles,
+    tile_overlap,
+)
+
+SKY, SIGMA = 100.0, 3.0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_model_cache():
+    """load_model caches on the path; start and end every test with an empty cache."""
+    load_model.cache_clear()
+    yield
+    load_model.cache_clear()
+
+
+def _assert_matches_whole_image(image, checkpoint, tile):
+    model, scale = load_model(str(checkpoint), "cpu")
+    whole = denoise_array(image, model, offset=SKY, scale=scale)
+
+    tiled = predict_tiles(image, str(checkpoint), offset=SKY,
+                          config=PredictConfig(tile=tile, device="cpu"))
+    result = tiled.compute(scheduler="sync")
+
+    assert result.dtype == np.float32 and result.shape == image.shape
+    # The network really changes the image, so the comparison is not trivial.
+    assert np.nanmax(np.abs(whole - image)) > 1.0
+    np.testing.assert_allclose(result, whole, rtol=1e-5, atol=1e-4 * SIGMA)
+
+
+def test_tiled_equals_whole_image_on_odd_shape(make_image, tiny_checkpoint):
+    image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=3).data
+    model, _ = load_model(str(tiny_checkpoint), "cpu")
+    assert tile_overlap(model) < 64 < tile_overlap(model) * 2  # several tiles, wide halos
+
+    _assert_matches_whole_image(image, tiny_checkpoint, tile=64)
+
+
+@pytest.mark.parametrize("shape, tile", [((131, 97), 32), ((200, 150), 96)])
+def test_tiled_equals_whole_image_other_shapes(make_image, tiny_checkpoint, shape, tile):
+    image = make_image(shape, sky=SKY, sigma=SIGMA, seed=4).data
+
+    _assert_matches_whole_image(image, tiny_checkpoint, tile)
+
+
+def test_tiled_equals_whole_image_when_last_tile_is_thinner_than_overlap(make_image,
+                                                                         tiny_checkpoint):
+    image = make_image((150, 150), sky=SKY, sigma=SIGMA, seed=5).data
+
+    _assert_matches_whole_image(image, tiny_checkpoint, tile=128)
+
+
+def test_single_tile_image_equals_whole_image(make_image, tiny_checkpoint):
+    image = make_image((60, 70), sky=SKY, sigma=SIGMA, seed=6).data
+
+    _assert_matches_whole_image(image, tiny_checkpoint, tile=128)
+
+
+def test_nan_pixels_stay_nan_and_do_not_spread(make_image, tiny_checkpoint):
+    image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=7).data.copy()
+    image[70:73, 60:64] = np.nan  # a bad column segment
+    image[0, 0] = np.nan
+    image[149, 130] = np.nan  # on a tile edge row
+
+    result = predict_tiles(image, str(tiny_checkpoint), offset=SKY,
+                           config=PredictConfig(tile=64, device="cpu")).compute()
+
+    np.testing.assert_array_equal(np.isnan(result), np.isnan(image))
+    assert np.isfinite(result[69, 60:64]).all() and np.isfinite(result[73, 60:64]).all()
+
+
+def test_denoise_array_keeps_nan_and_units(make_image, tiny_checkpoint):
+    image = make_image((40, 44), sky=SKY, sigma=SIGMA, seed=8).data.copy()
+    image[10, 10] = np.nan
+    model, scale = load_model(str(tiny_checkpoint), "cpu")
+
+    out = denoise_array(image, model, offset=SKY, scale=scale)
+    shifted = denoise_array(image + 50.0, model, offset=SKY + 50.0, scale=scale)
+
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert np.isnan(out[10, 10]) and np.isfinite(out).sum() == out.size - 1
+    # Normalisation is global: shifting data and offset together shifts the output.
+    np.testing.assert_allclose(shifted, out + 50.0, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_tile_overlap_is_pool_multiple_at_least_receptive_field(depth):
+    model = UNet(UNetConfig(depth=depth, channels=4))
+
+    overlap = tile_overlap(model)
+
+    assert overlap % 2**depth == 0
+    assert overlap >= model.receptive_field
+    assert overlap < model.receptive_field + 2**depth
+
+
+def test_tile_not_multiple_of_pool_raises(tiny_checkpoint):
+    with pytest.raises(ValueError, match="multiple of 2"):
+        predict_tiles(np.zeros((64, 64), np.float32), str(tiny_checkpoint), offset=0.0,
+                      config=PredictConfig(tile=66, device="cpu"))
+
+
+def test_load_model_restores_weights_and_scale(tmp_path, make_checkpoint, tiny_unet):
+    path = make_checkpoint(tmp_path / "m.pt", scale=4.5, seed=3)
+    saved = io.load_checkpoint(path)["model"]
+
+    model, scale = load_model(str(path), "cpu")
+
+    assert scale == 4.5
+    assert not model.training
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[key])
+
+
+@pytest.mark.parametrize("threads, workers, expected", [(8, 2, 4), (3, 2, 1), (1, 4, 1)])
+def test_compute_threads_splits_cores_between_workers(threads, workers, expected):
+    assert compute_threads(PredictConfig(threads=threads, workers=workers)) == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda_raises():
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        _device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_prediction_matches_cpu(make_image, tiny_checkpoint):
+    image = make_image((96, 96), sky=SKY, sigma=SIGMA, seed=9).data
+    cpu_model, scale = load_model(str(tiny_checkpoint), "cpu")
+    gpu_model, _ = load_model(str(tiny_checkpoint), "cuda")
+
+    on_cpu = denoise_array(image, cpu_model, offset=SKY, scale=scale)
+    on_gpu = denoise_array(image, gpu_model, offset=SKY, scale=scale)
+
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-3 * SIGMA)
+
+
+def test_predict_writes_fits_with_wcs_and_history_and_zarr(tmp_path, make_image, make_header,
+                                                           tiny_checkpoint):
+    image = make_image((96, 112), sky=SKY, sigma=SIGMA, seed=10).data
+    header = make_header(image.shape, OBJECT="ngc 253")
+    store = tmp_path / "exp.zarr"
+    io.write_zarr_image(store, image, chunks=64, attrs={"fits_header": header.tostring(),
+                                                        "has_wcs": True})
+    noise_json = tmp_path / "exp.json"
+    io.write_json(noise_json, {"sky_level": SKY, "sigma": SIGMA})
+    out_zarr, out_fits = tmp_path / "den.zarr", tmp_path / "den.fits"
+    config = PredictConfig(tile=64, device="cpu", threads=1)
+
+    predict(str(store), str(noise_json), str(tiny_checkpoint), out_zarr=str(out_zarr),
+            out_fits=str(out_fits), config=config)
+
+    model, scale = load_model(str(tiny_checkpoint), "cpu")
+    expected = denoise_array(image, model, offset=SKY, scale=scale)
+    data, back = io.read_fits_image(out_fits)
+    np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-4 * SIGMA)
+    xs, ys = np.meshgrid([0, 50, 111], [0, 40, 95])
+    separation = WCS(header).pixel_to_world(xs, ys).separation(WCS(back).pixel_to_world(xs, ys))
+    assert np.all(separation.arcsec < 1e-6)
+    assert back["OBJECT"] == "ngc 253"
+    history = "".join(back["HISTORY"])  # astropy wraps long HISTORY text over cards
+    assert "predict" in history and tiny_checkpoint.name in history
+    assert io.file_sha256(tiny_checkpoint)[:16] in history
+    stored = io.open_zarr_image(out_zarr)
+    np.testing.assert_array_equal(stored[...], data)
+    assert stored.attrs["has_wcs"] is True
+    provenance = stored.attrs["provenance_predict"]
+    assert provenance["model_sha256"] == io.file_sha256(tiny_checkpoint)[:16]
+    assert provenance["input"] == str(store)

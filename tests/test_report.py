@@ -1,0 +1,174 @@
+"""Tests of astrodenoise.report: summary numbers and a safe, self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+
+import pytest
+
+from astrodenoise import io
+from astrodenoise.report import FAINT_BIAS_LIMIT, report, summarise
+
+SCRIPT = "<script>alert(1)</script>"
+PNG = base64.b64decode(  # a 1 x 1 transparent PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=")
+
+
+def _scores(rms, ratio, psnr=None, faint=None, bright=None, n=4):
+    out = {"rms_blank": rms, "rms_ratio": ratio}
+    if psnr is not None:
+        out |= {"psnr": psnr, "psnr_gain": psnr - 20.0, "ssim": 0.5}
+    out["photometry"] = {"bright": {"n": n, "bias": bright, "scatter": None},
+                         "faint": {"n": n, "bias": faint, "scatter": None}}
+    return out
+
+
+def _evaluation(name, *, obj="field00", n2n_faint=-0.08, gauss_faint=-0.02):
+    return {
+        "exposure": name, "object": obj, "filter": "r", "has_truth": True,
+        "photometry_reference": "truth", "n_sources": 12, "aperture_radius": 3.0,
+        "scores": {
+            "input": _scores(10.0, 1.0, 20.0, faint=0.01, bright=0.0),
+            "gaussian": _scores(3.0, 10.0 / 3.0, 30.0, faint=gauss_faint, bright=-0.09),
+            "n2n": _scores(2.0, 5.0, 34.0, faint=n2n_faint, bright=-0.01),
+        },
+    }
+
+
+def test_summarise_means_counts_and_order():
+    evaluations = [_evaluation("e0", n2n_faint=-0.08), _evaluation("e1", n2n_faint=-0.04)]
+    evaluations[1]["scores"]["n2n"]["rms_blank"] = 4.0
+    evaluations[1]["scores"]["n2n"]["rms_ratio"] = 2.5
+
+    rows = {row["method"]: row for row in summarise(evaluations)}
+
+    assert set(rows) == {"input", "gaussian", "n2n"}
+    n2n = rows["n2n"]
+    assert n2n["n_exposures"] == 2
+    assert n2n["rms_blank"] == pytest.approx(3.0)
+    assert n2n["rms_ratio"] == pytest.approx(3.75)
+    assert n2n["psnr"] == pytest.approx(34.0)
+    assert n2n["psnr_gain"] == pytest.approx(14.0)
+    assert n2n["faint_bias"] == pytest.approx(-0.06)
+    assert n2n["faint_n"] == 8 and n2n["bright_n"] == 8
+
+
+def test_summarise_input_row_comes_first():
+    assert summarise([_evaluation("e0")])[0]["method"] == "input"
+
+
+@pytest.mark.parametrize("faint, flagged", [
+    (-0.06, True), (0.051, True), (-0.049, False), (0.0, False), (None, False),
+])
+def test_summarise_flags_faint_bias_beyond_limit(faint, flagged):
+    evaluation = _evaluation("e0", n2n_faint=faint)
+
+    row = next(r for r in summarise([evaluation]) if r["method"] == "n2n")
+
+    assert FAINT_BIAS_LIMIT == 0.05
+    assert row["flag"] is flagged
+    assert row["faint_bias"] == (None if faint is None else pytest.approx(faint))
+
+
+def test_summarise_ignores_missing_values():
+    evaluations = [_evaluation("e0", n2n_faint=None), _evaluation("e1", n2n_faint=-0.02)]
+    for e in evaluations:
+        del e["scores"]["input"]["psnr"]
+
+    rows = {row["method"]: row for row in summarise(evaluations)}
+
+    assert rows["input"]["psnr"] is None
+    assert rows["n2n"]["faint_bias"] == pytest.approx(-0.02)
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture
+def rendered(tmp_path):
+    """The report of two exposures, one with a hostile OBJECT value."""
+    evaluations, figures, noise_files = [], [], []
+    for i, obj in enumerate([SCRIPT, "field01"]):
+        path = tmp_path / f"e{i}.json"
+        io.write_json(path, _evaluation(f"exp{i}", obj=obj))
+        evaluations.append(str(path))
+        figure = tmp_path / f"e{i}.png"
+        figure.write_bytes(PNG)
+        figures.append(str(figure))
+        noise_file = tmp_path / f"n{i}.json"
+        io.write_json(noise_file, {"exposure": f"exp{i}", "sky_level": 200.0, "sigma": 10.3,
+                                   "sigma_from_header": None, "blank_fraction": 0.8,
+                                   "nan_fraction": 0.0})
+        noise_files.append(str(noise_file))
+    curve = tmp_path / "curve.csv"
+    curve.write_text("step,train_loss,val_loss,lr,seconds\n10,1.2,1.1,0.001,1.0\n"
+                     "20,1.0,0.9,0.0005,2.0\n")
+    model = tmp_path / "n2n.pt"
+    model.write_bytes(b"weights")
+    out = tmp_path / "report.html"
+
+    report(evaluations, figures, out_html=str(out), survey="demo", noise_files=noise_files,
+           curves={"n2n": str(curve)}, models={"n2n": str(model)},
+           config={"survey": "demo", "note": SCRIPT})
+
+    return out.read_text(encoding="utf-8"), io.file_sha256(model)[:16]
+
+
+def test_report_parses_and_is_self_contained(rendered):
+    html, _ = rendered
+    parser = _Collector()
+
+    parser.feed(html)
+    parser.close()
+
+    assert parser.tags[0] == "html"
+    assert "table" in parser.tags and "details" in parser.tags
+    # Every image is embedded: two exposure figures and the training curve.
+    assert len(parser.images) == 3
+    assert all(src.startswith("data:image/png;base64,") for src in parser.images)
+    figure = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert parser.images.count(figure) == 2
+
+
+def test_report_escapes_header_values(rendered):
+    html, _ = rendered
+    parser = _Collector()
+
+    parser.feed(html)
+
+    assert "script" not in parser.tags
+    assert SCRIPT not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert any(SCRIPT in text for text in parser.text)  # shown as text, not run
+
+
+def test_report_shows_numbers_flags_and_provenance(rendered):
+    html, model_hash = rendered
+
+    assert "astrodenoise report: demo" in html
+    assert "-8.0%" in html  # faint bias of n2n
+    assert 'class="bad"' in html  # flagged beyond the 5% limit
+    assert model_hash in html
+    assert "exp0" in html and "exp1" in html
+    assert "10.300" in html  # measured sigma from the noise files
+
+
+def test_report_needs_an_evaluation(tmp_path):
+    with pytest.raises(ValueError, match="at least one evaluation"):
+        report([], [], out_html=str(tmp_path / "r.html"), survey="demo")
+
+    assert not (tmp_path / "r.html").exists()

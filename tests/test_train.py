@@ -1,0 +1,265 @@
+"""Tests of astrodenoise.train: blind-spot masks, determinism, N2N checks, learning."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from astrodenoise import io
+from astrodenoise.train import Exposure, TrainConfig, n2v_mask, normalise, train, train_model
+
+
+def _exposure(name, field, data, sky=100.0, sigma=3.0):
+    return Exposure(name=name, field=field, data=data, sky_level=sky, sigma=sigma)
+
+
+@pytest.fixture
+def n2v_exposures(make_image):
+    return [_exposure(f"e{i}", f"f{i}", make_image(64, seed=10 + i).data) for i in range(2)]
+
+
+@pytest.fixture
+def quick_config(tiny_unet):
+    return TrainConfig(method="n2v", steps=3, batch_size=4, patch_size=32, val_every=100,
+                       seed=0, model=tiny_unet)
+
+
+@pytest.fixture(scope="module")
+def field_exposures(demo_survey):
+    """The three exposures of the demo field, with sky level and sigma measured."""
+    from astrodenoise.noise import estimate_noise
+
+    exposures = []
+    for name in demo_survey.fields["field00"]:
+        data, _ = io.read_fits_image(demo_survey.root / "raw" / f"{name}.fits")
+        measured = estimate_noise(data)
+        exposures.append(_exposure(name, "field00", data, measured["sky_level"],
+                                   measured["sigma"]))
+    return exposures
+
+
+# --- the blind-spot mask ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, neighbourhood", [
+    ((64, 8, 8), 5),
+    ((16, 16, 24), 3),
+    ((32, 5, 7), 5),
+    ((8, 32, 32), 7),
+])
+def test_n2v_mask_sources_in_window_inside_patch_never_the_target(shape, neighbourhood):
+    batch, ny, nx = shape
+    generator = torch.Generator().manual_seed(0)
+    half = neighbourhood // 2
+
+    b, target, source = n2v_mask(shape, fraction=1.0, neighbourhood=neighbourhood,
+                                 generator=generator)
+
+    ty, tx = target // nx, target % nx
+    sy, sx = source // nx, source % nx
+    assert b.shape == target.shape == source.shape == (batch * ny * nx,)
+    assert torch.all(source != target)
+    assert torch.all((sy >= 0) & (sy < ny) & (sx >= 0) & (sx < nx))
+    assert torch.all((ty >= 0) & (ty < ny) & (tx >= 0) & (tx < nx))
+    assert torch.all(((sy - ty).abs() <= half) & ((sx - tx).abs() <= half))
+    # Many draws land on the patch border, where the window is reflected.
+    border = (ty == 0) | (ty == ny - 1) | (tx == 0) | (tx == nx - 1)
+    assert border.sum() > 100
+
+
+def test_n2v_mask_uses_every_offset_of_the_window_but_the_centre():
+    generator = torch.Generator().manual_seed(1)
+    ny = nx = 32
+
+    _, target, source = n2v_mask((64, ny, nx), fraction=0.5, neighbourhood=5,
+                                 generator=generator)
+
+    ty, tx, sy, sx = target // nx, target % nx, source // nx, source % nx
+    interior = (ty >= 2) & (ty < ny - 2) & (tx >= 2) & (tx < nx - 2)
+    offsets = set(zip((sy - ty)[interior].tolist(), (sx - tx)[interior].tolist(), strict=True))
+    assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)} - {(0, 0)}
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.02, 20), (0.0001, 1), (0.5, 512)])
+def test_n2v_mask_count_per_patch(fraction, expected):
+    b, _, _ = n2v_mask((3, 32, 32), fraction=fraction, neighbourhood=5,
+                       generator=torch.Generator().manual_seed(0))
+
+    assert torch.equal(torch.bincount(b), torch.full((3,), expected))
+
+
+def test_n2v_mask_same_generator_seed_same_mask():
+    first = n2v_mask((4, 16, 16), fraction=0.1, neighbourhood=5,
+                     generator=torch.Generator().manual_seed(7))
+    second = n2v_mask((4, 16, 16), fraction=0.1, neighbourhood=5,
+                      generator=torch.Generator().manual_seed(7))
+
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+# --- normalisation and config ----------------------------------------------------------
+
+
+def test_normalise_subtracts_offset_divides_scale_and_zeroes_nan():
+    data = np.array([[10.0, 12.0], [np.nan, 6.0]], np.float32)
+
+    out, nodata = normalise(data, offset=10.0, scale=2.0)
+
+    np.testing.assert_array_equal(out, [[0.0, 1.0], [0.0, -2.0]])
+    np.testing.assert_array_equal(nodata, [[False, False], [True, False]])
+    assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"method": "n2x"}, "method"),
+    ({"loss": "huber"}, "loss"),
+    ({"patch_size": 30}, "multiple"),
+])
+def test_train_config_rejects_bad_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def test_train_config_round_trip(tiny_unet):
+    config = TrainConfig(method="n2n", steps=5, model=tiny_unet)
+
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+# --- input checks ----------------------------------------------------------------------
+
+
+def test_n2n_without_field_of_two_exposures_raises(n2v_exposures, quick_config):
+    config = dataclasses.replace(quick_config, method="n2n")
+
+    with pytest.raises(ValueError, match="two or more exposures"):
+        train_model(n2v_exposures, config)
+
+
+def test_n2n_with_mismatched_shapes_in_a_field_raises(make_image, quick_config):
+    exposures = [_exposure("a", "f", make_image(64, seed=1).data),
+                 _exposure("b", "f", make_image((64, 96), seed=2).data)]
+    config = dataclasses.replace(quick_config, method="n2n")
+
+    with pytest.raises(ValueError, match="field f: exposures have different shapes"):
+        train_model(exposures, config)
+
+
+def test_exposure_smaller_than_patch_raises(make_image, quick_config):
+    exposures = [_exposure("tiny", "f", make_image((24, 64), seed=1).data)]
+
+    with pytest.raises(ValueError, match="tiny"):
+        train_model(exposures, quick_config)
+
+
+# --- determinism -----------------------------------------------------------------------
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["n2v", "n2n"])
+def test_same_seed_gives_identical_weights(field_exposures, quick_config, method):
+    config = dataclasses.replace(quick_config, method=method)
+
+    first = train_model(field_exposures, config)
+    second = train_model(field_exposures, config)
+
+    assert _same_weights(first["model"], second["model"])
+    assert first["history"][0]["val_loss"] == second["history"][0]["val_loss"]
+
+
+def test_different_seed_gives_different_weights(field_exposures, quick_config):
+    first = train_model(field_exposures, quick_config)
+    second = train_model(field_exposures, dataclasses.replace(quick_config, seed=1))
+
+    assert not _same_weights(first["model"], second["model"])
+
+
+def test_training_changes_the_initial_weights(field_exposures, quick_config, tiny_unet):
+    from astrodenoise.model import UNet
+
+    torch.manual_seed(quick_config.seed)
+    initial = UNet(tiny_unet).state_dict()
+
+    trained = train_model(field_exposures, quick_config)
+
+    assert not _same_weights(initial, trained["model"])
+
+
+# --- checkpoint content and learning ---------------------------------------------------
+
+
+def test_checkpoint_layout(field_exposures, quick_config):
+    checkpoint = train_model(field_exposures, quick_config)
+
+    assert checkpoint["model_config"] == quick_config.model.to_dict()
+    assert checkpoint["train_config"] == quick_config.to_dict()
+    expected_scale = float(np.median([e.sigma for e in field_exposures]))
+    assert checkpoint["normalisation"]["scale"] == pytest.approx(expected_scale)
+    assert checkpoint["step"] == quick_config.steps
+    assert [row["step"] for row in checkpoint["history"]] == [quick_config.steps]
+    assert checkpoint["best_step"] == quick_config.steps
+
+
+def test_short_n2n_training_lowers_validation_loss(field_exposures, tiny_unet):
+    config = TrainConfig(method="n2n", steps=60, batch_size=8, patch_size=32,
+                         learning_rate=3e-3, val_every=10, patience=100, seed=0, model=tiny_unet)
+
+    checkpoint = train_model(field_exposures, config)
+
+    history = checkpoint["history"]
+    losses = [row["val_loss"] for row in history]
+    assert [row["step"] for row in history] == [10, 20, 30, 40, 50, 60]
+    assert min(losses) < losses[0]
+    assert checkpoint["best_step"] == history[int(np.argmin(losses))]["step"]
+    assert checkpoint["best_step"] > history[0]["step"]
+    assert all(np.isfinite(losses))
+
+
+def test_patience_stops_training_early(field_exposures, tiny_unet):
+    # Learning rate 0: the validation loss never improves after the first evaluation.
+    config = TrainConfig(method="n2v", steps=50, batch_size=2, patch_size=32, learning_rate=0.0,
+                         val_every=5, patience=2, seed=0, model=tiny_unet)
+
+    checkpoint = train_model(field_exposures, config)
+
+    assert checkpoint["step"] == 15
+    assert checkpoint["best_step"] == 5
+    assert len(checkpoint["history"]) == 3
+
+
+def test_train_step_writes_loadable_checkpoint_and_curve(tmp_path, field_exposures,
+                                                         quick_config):
+    images, noise_files = [], []
+    for exp in field_exposures:
+        store = tmp_path / f"{exp.name}.zarr"
+        io.write_zarr_image(store, exp.data, chunks=64, attrs={"source_sha256": exp.name * 2})
+        noise_file = tmp_path / f"{exp.name}.json"
+        io.write_json(noise_file, {"sky_level": exp.sky_level, "sigma": exp.sigma})
+        images.append(str(store))
+        noise_files.append(str(noise_file))
+    out, curve = tmp_path / "model.pt", tmp_path / "curve.csv"
+
+    train(images, noise_files, ["field00"] * 3, out_checkpoint=str(out), out_curve=str(curve),
+          config=quick_config)
+
+    loaded = io.load_checkpoint(out)
+    assert loaded["inputs"][0] == {"image": images[0], "sha256": field_exposures[0].name * 2,
+                                   "field": "field00"}
+    assert loaded["code_version"]
+    with open(curve) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [row["step"] for row in loaded["history"]]
+
+
+def test_train_step_needs_parallel_lists(quick_config, tmp_path):
+    with pytest.raises(ValueError, match="one noise file and one field"):
+        train(["a.zarr", "b.zarr"], ["a.json"], ["f", "f"], out_checkpoint=str(tmp_path / "m"),
+              out_curve=str(tmp_path / "c"), config=quick_config)
