@@ -1,0 +1,157 @@
+"""Tests of the measured noise model: Poisson-Gaussian fit, overscan, correlation, banding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from scipy import ndimage
+
+from astrodenoise import io
+from astrodenoise.noise import (
+    estimate_noise,
+    fit_poisson_gaussian,
+    noise_autocorrelation,
+    overscan_level,
+    pair_mean_variance_curve,
+    pattern_noise,
+)
+from conftest import REAL_DATA, make_star_field
+
+GAIN, READ_NOISE = 2.5, 8.0
+
+
+def _poisson_gaussian(truth_adu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    electrons = rng.poisson(truth_adu * GAIN) + rng.normal(0, READ_NOISE, truth_adu.shape)
+    return (electrons / GAIN).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ramp_pair():
+    """Two exposures of one wide-dynamic-range scene (a ramp from 0 to 4000 ADU)."""
+    rng = np.random.default_rng(11)
+    truth = np.tile(np.linspace(0.0, 4000.0, 256), (256, 1))
+    return _poisson_gaussian(truth, rng), _poisson_gaussian(truth, rng)
+
+
+def test_pair_curve_recovers_gain_and_read_noise(ramp_pair):
+    curve = pair_mean_variance_curve(*ramp_pair)
+
+    fit = fit_poisson_gaussian(curve)
+
+    assert fit["gain"] == pytest.approx(GAIN, rel=0.03)
+    assert fit["read_noise"] == pytest.approx(READ_NOISE, rel=0.10)
+    assert abs(fit["gain"] - GAIN) < 3 * fit["gain_err"] + 0.02 * GAIN  # the error bar is honest
+
+
+def test_fit_with_bias_offset_recovers_read_noise(ramp_pair):
+    bias = 1000.0
+    curve = pair_mean_variance_curve(ramp_pair[0] + bias, ramp_pair[1] + bias)
+
+    with_bias = fit_poisson_gaussian(curve, bias=bias)
+    without = fit_poisson_gaussian(curve)
+
+    assert with_bias["read_noise"] == pytest.approx(READ_NOISE, rel=0.10)
+    assert without["read_noise"] is None  # an unknown bias makes the intercept negative
+
+
+def test_fit_needs_three_bins():
+    curve = {k: np.array([1.0, 2.0]) for k in ("mean", "variance", "error", "count")}
+
+    assert fit_poisson_gaussian(curve)["gain"] is None
+
+
+def test_overscan_gives_bias_and_read_noise():
+    rng = np.random.default_rng(2)
+    data = rng.normal(500.0, 4.0, (100, 120)).astype(np.float32)
+    data[:, :10] = rng.normal(300.0, 2.5, (100, 10))
+    header = fits.Header({"BIASSEC": "[1:10,1:100]"})
+
+    level = overscan_level(data, header)
+
+    assert level["bias"] == pytest.approx(300.0, abs=0.5)
+    assert level["read_noise_adu"] == pytest.approx(2.5, rel=0.05)
+
+
+@pytest.mark.parametrize("biassec", [None, "[200:210,1:100]", "junk"])
+def test_overscan_absent_or_outside_image(biassec):
+    header = fits.Header() if biassec is None else fits.Header({"BIASSEC": biassec})
+
+    assert overscan_level(np.zeros((100, 120), np.float32), header) is None
+
+
+def test_autocorrelation_tells_white_from_resampled_noise():
+    rng = np.random.default_rng(3)
+    white = rng.normal(0, 1, (200, 200))
+    smoothed = ndimage.uniform_filter(white, 2)  # like a resampled (drizzled) image
+    mask = np.zeros(white.shape, bool)
+
+    white_ac = noise_autocorrelation(white, mask)
+    smooth_ac = noise_autocorrelation(smoothed, mask)
+
+    assert abs(white_ac["x"]) < 0.03 and abs(white_ac["y"]) < 0.03
+    assert smooth_ac["x"] > 0.3 and smooth_ac["y"] > 0.3
+
+
+def test_pattern_noise_measures_row_banding():
+    rng = np.random.default_rng(4)
+    image = rng.normal(0, 5.0, (300, 400))
+    rows = rng.normal(0, 1.5, (300, 1))
+    mask = np.zeros(image.shape, bool)
+
+    banded = pattern_noise(image + rows, mask, sigma=5.0)
+    clean = pattern_noise(image, mask, sigma=5.0)
+
+    assert banded["row_rms"] == pytest.approx(1.5, rel=0.2)
+    assert banded["row_ratio"] > 3 and clean["row_ratio"] < 1.3
+    assert banded["column_ratio"] < 1.3
+
+
+def test_estimate_noise_flags_correlation_and_banding():
+    field = make_star_field(200, sky=100.0, sigma=4.0, seed=5)
+    rng = np.random.default_rng(6)
+    banded = field.data + rng.normal(0, 1.5, (200, 1)).astype(np.float32)
+    correlated = ndimage.uniform_filter(field.data, 2)
+
+    clean = estimate_noise(field.data)
+
+    assert not clean["banding"] and not clean["correlated"]
+    assert estimate_noise(banded)["banding"]
+    assert estimate_noise(correlated)["correlated"]
+
+
+def test_constant_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="sigma is 0.0"):
+        estimate_noise(np.full((100, 100), 7.0, np.float32))
+
+
+@pytest.mark.real_data
+class TestRealNoise:
+    """Noise models of real frames against what their headers and READMEs say."""
+
+    @pytest.fixture(autouse=True)
+    def _need_data(self):
+        if not REAL_DATA.is_dir():
+            pytest.skip(f"real data folder {REAL_DATA} is absent")
+
+    def _noise(self, name):
+        data, header = io.read_fits_image(REAL_DATA / name)
+        return estimate_noise(data, header=header)
+
+    def test_a8280271_overscan_read_noise_matches_header(self):
+        result = self._noise("a8280271.fits")
+
+        # Header RDNOISE 5.0 e-; the overscan also holds bias structure: 15% tolerance.
+        assert result["read_noise_overscan"] == pytest.approx(5.0, rel=0.15)
+        assert result["sigma"] == pytest.approx(result["sigma_from_header"], rel=0.15)
+
+    def test_m13_row_banding_detected(self):
+        assert self._noise("M13_blue_0001.fits")["banding"]
+
+    def test_spitzer_mosaic_noise_is_correlated(self):
+        assert self._noise("spitzer_example_image.fits")["correlated"]
+
+    def test_plate_scan_background_does_not_crash(self):
+        result = self._noise("HorseHead.fits")
+
+        assert np.isfinite(result["sigma"]) and result["sigma"] > 0
