@@ -12,9 +12,11 @@ from astrodenoise.noise import (
     estimate_noise,
     fit_poisson_gaussian,
     noise_autocorrelation,
+    noise_survey,
     overscan_level,
     pair_mean_variance_curve,
     pattern_noise,
+    survey_noise,
 )
 from conftest import REAL_DATA, make_star_field
 
@@ -155,3 +157,41 @@ class TestRealNoise:
         result = self._noise("HorseHead.fits")
 
         assert np.isfinite(result["sigma"]) and result["sigma"] > 0
+
+
+def test_survey_fit_ignores_cosmic_rays_and_sky_drift(ramp_pair):
+    first, second = (a.copy() for a in ramp_pair)
+    rng = np.random.default_rng(8)
+    hits = rng.integers(0, first.size, 300)
+    first.flat[hits] += rng.uniform(500, 5000, hits.size)  # cosmic rays in one exposure
+    second += 12.0  # the sky rose between the exposures
+
+    fit = survey_noise({"f": [first, second]})
+
+    assert fit["n_pairs"] == 1
+    assert fit["gain"] == pytest.approx(GAIN, rel=0.05)
+    assert fit["reduced_chi2"] < 3
+
+
+def test_survey_fit_without_pairs_says_why():
+    fit = survey_noise({"a": [np.zeros((10, 10))], "b": [np.zeros((10, 10)), np.zeros((12, 10))]})
+
+    assert fit["gain"] is None and "no field" in fit["note"]
+
+
+def test_noise_survey_writes_table_and_plot(tmp_path, ramp_pair):
+    images, noise_files = [], []
+    for i, data in enumerate(ramp_pair):
+        store = tmp_path / f"e{i}.zarr"
+        io.write_zarr_image(store, data, chunks=128, attrs={"fits_header": fits.Header().tostring()})
+        images.append(str(store))
+        noise_files.append(str(tmp_path / f"e{i}.json"))
+        io.write_json(noise_files[-1], {"exposure": f"e{i}", "header_gain": GAIN,
+                                        "header_read_noise": READ_NOISE, "overscan": None})
+
+    result = noise_survey(images, noise_files, ["f", "f"], out_json=tmp_path / "s.json",
+                          out_png=tmp_path / "s.png")
+
+    assert io.read_json(tmp_path / "s.json")["fit"]["gain"] == pytest.approx(GAIN, rel=0.05)
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["header_gain"] == GAIN

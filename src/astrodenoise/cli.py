@@ -6,6 +6,8 @@ step of the Snakemake workflow also runs by hand::
     astrodenoise simulate --out demo/
     astrodenoise ingest demo/raw/field00_e00.fits --out field00_e00.zarr
     astrodenoise noise field00_e00.zarr --out field00_e00.json
+    astrodenoise noise-survey --images a.zarr b.zarr --noise a.json b.json --fields f f \\
+        --out survey.json --plot survey.png
     astrodenoise train --images a.zarr b.zarr --noise a.json b.json --fields f f \\
         --method n2n --out model.pt --curve curve.csv
     astrodenoise predict a.zarr --noise a.json --model model.pt --out-zarr d.zarr --out-fits d.fits
@@ -68,6 +70,18 @@ def _noise(args) -> None:
     print(f"{args.input}: sky {result['sky_level']:.3f}, sigma {result['sigma']:.4f}")
 
 
+def _noise_survey(args) -> None:
+    from .noise import noise_survey
+
+    result = noise_survey(args.images, args.noise, args.fields, out_json=args.out, out_png=args.plot)
+    fit = result["fit"]
+    if fit.get("gain"):
+        rn = f"{fit['read_noise']:.2f}" if fit.get("read_noise") is not None else "n/a"
+        print(f"survey noise: gain {fit['gain']:.3f} +/- {fit['gain_err']:.3f} e-/ADU, read noise {rn} e-")
+    else:
+        print(f"survey noise: no Poisson-Gaussian fit ({fit.get('note', 'degenerate')})")
+
+
 def _train(args) -> None:
     from .train import TrainConfig, train
 
@@ -97,7 +111,7 @@ def _report(args) -> None:
 
     report(args.evaluations, args.figures, out_html=args.out, survey=args.survey,
            noise_files=args.noise or [], curves=_pairs(args.curves), models=_pairs(args.models),
-           config=args.config)
+           config=args.config, noise_survey=args.noise_survey, noise_plot=args.noise_plot)
     print(f"report written to {args.out}")
 
 
@@ -125,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "noise", _noise, "Measure sky level and noise sigma of an ingested exposure (JSON).")
     p.add_argument("input", help="zarr store from ingest")
     p.add_argument("--out", required=True, help="JSON file to write")
+
+    p = _add(sub, "noise-survey", _noise_survey,
+             "Survey noise: gain and read noise from exposure pairs, exposure table, plot.")
+    p.add_argument("--images", nargs="+", required=True, help="zarr stores from ingest")
+    p.add_argument("--noise", nargs="+", required=True, help="noise JSON per image, same order")
+    p.add_argument("--fields", nargs="+", required=True, help="field name per image, same order")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--plot", required=True, help="mean-variance PNG to write")
 
     p = _add(sub, "train", _train, "Train a self-supervised denoiser on ingested exposures.")
     p.add_argument("--images", nargs="+", required=True, help="zarr stores from ingest")
@@ -160,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", nargs="*", help="noise JSON files")
     p.add_argument("--curves", nargs="*", default=[], metavar="METHOD=CSV", help="training curves")
     p.add_argument("--models", nargs="*", default=[], metavar="METHOD=PT", help="checkpoints")
+    p.add_argument("--noise-survey", help="survey noise JSON from noise-survey")
+    p.add_argument("--noise-plot", help="mean-variance PNG from noise-survey")
     p.add_argument("--survey", required=True, help="survey name for the title")
     p.add_argument("--out", required=True, help="HTML file to write")
     return parser

@@ -24,7 +24,7 @@ from .provenance import code_version
 
 __all__ = ["NoiseConfig", "estimate_background", "source_mask", "estimate_noise", "noise",
            "overscan_level", "mean_variance_curve", "pair_mean_variance_curve",
-           "fit_poisson_gaussian"]
+           "fit_poisson_gaussian", "survey_noise", "mean_variance_figure", "noise_survey"]
 
 
 @dataclass(frozen=True)
@@ -411,3 +411,108 @@ def _banding(pattern: dict[str, float]) -> bool:
         pattern[f"{n}_ratio"] > max(1.5, 1 + 5 * np.sqrt(2 / max(pattern[f"{n}_lines"], 1)))
         for n in ("row", "column")
     )
+
+
+def survey_noise(fields: dict[str, list[np.ndarray]], *, bias: float = 0.0, max_pairs: int = 6) -> dict:
+    """Poisson-Gaussian fit from exposure pairs of every field, pooled over the survey.
+
+    Parameters
+    ----------
+    fields : {field: [(ny, nx) float32 exposures on one pixel grid, data units]}
+    bias : zero level of the data (ADU), e.g. the median overscan level
+    max_pairs : pairs used per field at most (consecutive pairs first)
+
+    Returns
+    -------
+    dict with the fit of :func:`fit_poisson_gaussian` (``gain``, ``read_noise`` and
+    errors), the pooled ``curve`` (lists) and ``n_pairs``; ``gain`` is None when no field
+    has two exposures of one shape. The sky difference between the two exposures of a
+    pair is removed first (a robust offset), since sky levels drift during a night.
+    """
+    levels, noise, n_pairs = [], [], 0
+    for exposures in fields.values():
+        pairs = [(a, b) for a, b in zip(exposures[:-1], exposures[1:], strict=True) if a.shape == b.shape]
+        for first, second in pairs[:max_pairs]:
+            offset = np.nanmedian(first - second)
+            valid = np.isfinite(first) & np.isfinite(second)
+            levels.append(((first + second + offset) / 2.0)[valid])
+            noise.append(((first - second - offset) / np.sqrt(2.0))[valid])
+            n_pairs += 1
+    if not n_pairs:
+        return {"gain": None, "read_noise": None, "n_pairs": 0,
+                "note": "no field has two exposures on one pixel grid"}
+    levels, noise = np.concatenate(levels), np.concatenate(noise)
+    for _ in range(3):
+        curve = _binned_variance(levels, noise, n_bins=32, min_count=50, gain=1.0)
+        fit = fit_poisson_gaussian(curve, bias=bias)
+        if not fit.get("gain"):
+            break
+        # A cosmic ray in one exposure of a pair makes both the mean and the difference
+        # large: such pixels fill the bright bins with outliers. Drop every pixel beyond
+        # 5 sigma of the current model, then bin and fit again.
+        model = np.clip(fit["slope"] * (levels - bias) + fit["intercept"], 1e-12, None)
+        keep = np.abs(noise) < 5.0 * np.sqrt(model)
+        if keep.all():
+            break
+        levels, noise = levels[keep], noise[keep]
+    return fit | {"n_pairs": n_pairs, "curve": {k: v.tolist() for k, v in curve.items()}}
+
+
+def mean_variance_figure(curve: dict, fit: dict, *, header_gain=None, header_read_noise=None):
+    """Matplotlib Figure of the pooled mean-variance curve, the fit and the header model."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    mean, var, err = (np.asarray(curve[k]) for k in ("mean", "variance", "error"))
+    ax.errorbar(mean, var, yerr=err, fmt="o", ms=3, label="exposure pairs (binned)")
+    grid = np.linspace(min(mean.min(), fit.get("bias", 0.0)), mean.max(), 100)
+    if fit.get("gain"):
+        ax.plot(grid, fit["slope"] * (grid - fit["bias"]) + fit["intercept"],
+                label=f"fit: gain {fit['gain']:.3f} e-/ADU")
+    if header_gain and header_read_noise is not None:
+        model = (grid - fit.get("bias", 0.0)) / header_gain + (header_read_noise / header_gain) ** 2
+        ax.plot(grid, model, ls="--", label=f"header: GAIN {header_gain}, RDNOISE {header_read_noise}")
+    ax.set_xlabel("mean level (ADU)")
+    ax.set_ylabel("noise variance (ADU$^2$)")
+    ax.set_xscale("symlog")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def noise_survey(images: list[str], noise_files: list[str], fields: list[str], *, out_json: str,
+                 out_png: str) -> dict:
+    """Survey-level noise: the exposure table, the pooled pair fit, the mean-variance plot.
+
+    ``images``, ``noise_files`` and ``fields`` are parallel lists (zarr store, noise JSON
+    and field of each exposure). Writes ``out_json`` and ``out_png`` atomically.
+    """
+    per_exposure = [io.read_json(p) for p in noise_files]
+    grouped: dict[str, list[np.ndarray]] = {}
+    for image, field in zip(images, fields, strict=True):
+        grouped.setdefault(field, []).append(io.open_zarr_image(image)[...])
+    biases = [e["overscan"]["bias"] for e in per_exposure if e.get("overscan")]
+    fit = survey_noise(grouped, bias=float(np.median(biases)) if biases else 0.0)
+    gains = [e["header_gain"] for e in per_exposure if e.get("header_gain")]
+    noises = [e["header_read_noise"] for e in per_exposure if e.get("header_read_noise") is not None]
+    header_gain = float(np.median(gains)) if gains else None
+    header_rn = float(np.median(noises)) if noises else None
+    result = {
+        "fit": fit, "header_gain": header_gain, "header_read_noise": header_rn,
+        "exposures": per_exposure, "correlated": [e["exposure"] for e in per_exposure if e.get("correlated")],
+        "banding": [e["exposure"] for e in per_exposure if e.get("banding")],
+        "code_version": code_version(),
+    }
+    io.write_json(out_json, result)
+    if fit.get("curve"):
+        figure = mean_variance_figure(fit["curve"], fit, header_gain=header_gain, header_read_noise=header_rn)
+    else:
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(6, 1.5))
+        figure.text(0.5, 0.5, "No exposure pairs: no photon-transfer curve", ha="center")
+    with io.atomic_path(out_png) as tmp:
+        figure.savefig(tmp, format="png", dpi=80)
+    return result

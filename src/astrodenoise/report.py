@@ -81,12 +81,14 @@ def _curve_png(curves: dict[str, str]) -> str | None:
 
 def report(evaluations: list[str], figures: list[str], *, out_html: str, survey: str,
            noise_files: list[str] = (), curves: dict[str, str] | None = None,
-           models: dict[str, str] | None = None, config: dict | None = None) -> None:
+           models: dict[str, str] | None = None, config: dict | None = None,
+           noise_survey: str | None = None, noise_plot: str | None = None) -> None:
     """Render the survey report to ``out_html`` (atomic).
 
     ``evaluations`` and ``figures`` are parallel lists of the evaluate step's JSON and
     PNG per exposure; ``curves`` maps a method to its training-curve CSV, ``models`` a
-    method to its checkpoint (hashed for provenance); ``config`` is the workflow config.
+    method to its checkpoint (hashed for provenance); ``config`` is the workflow config;
+    ``noise_survey`` and ``noise_plot`` the survey noise JSON and mean-variance PNG.
     """
     evals = [io.read_json(p) for p in evaluations]
     if not evals:
@@ -102,6 +104,8 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         summary=summarise(evals),
         exposures=exposures,
         noise=[io.read_json(p) for p in noise_files],
+        survey_noise=io.read_json(noise_survey) if noise_survey else None,
+        noise_plot=_png_data_uri(Path(noise_plot).read_bytes()) if noise_plot else None,
         curve=_curve_png(curves or {}),
         models={m: io.file_sha256(p)[:16] for m, p in (models or {}).items()},
         config_yaml=yaml.safe_dump(config or {}, sort_keys=False),

@@ -18,3 +18,27 @@ rule noise:
         runtime=20,
     shell:
         "astrodenoise noise {input:q} --out {output:q} --config {params.cfg:q} > {log:q} 2>&1"
+
+
+rule noise_survey:
+    input:
+        images=exposure_paths("results/ingest/{survey}/{exposure}.zarr"),
+        noise=exposure_paths("results/noise/{survey}/{exposure}.json"),
+    output:
+        json="results/noise/{survey}/_survey/noise.json",
+        png=report(
+            "results/noise/{survey}/_survey/mean_variance.png",
+            caption="../report/noise.rst",
+            category="Noise model",
+        ),
+    params:
+        fields=[e["field"] for e in EXPOSURES.values()],
+        version=STEP_VERSIONS["noise"],
+    log:
+        "logs/noise/{survey}/survey.log",
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "astrodenoise noise-survey --images {input.images:q} --noise {input.noise:q}"
+        " --fields {params.fields:q} --out {output.json:q} --plot {output.png:q} > {log:q} 2>&1"

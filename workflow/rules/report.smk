@@ -6,6 +6,8 @@ rule report:
         evaluations=exposure_paths("results/evaluate/{survey}/{exposure}.json"),
         figures=exposure_paths("results/evaluate/{survey}/{exposure}.png"),
         noise=exposure_paths("results/noise/{survey}/{exposure}.json"),
+        noise_survey="results/noise/{survey}/_survey/noise.json",
+        noise_plot="results/noise/{survey}/_survey/mean_variance.png",
         curves=expand("results/train/{{survey}}/{method}/curve.csv", method=METHODS),
         models=expand("results/train/{{survey}}/{method}/model.pt", method=METHODS),
     output:
@@ -27,4 +29,5 @@ rule report:
     shell:
         "astrodenoise report --survey {wildcards.survey} --evaluations {input.evaluations:q}"
         " --figures {input.figures:q} --noise {input.noise:q} --curves {params.curves:q}"
+        " --noise-survey {input.noise_survey:q} --noise-plot {input.noise_plot:q}"
         " --models {params.models:q} --config {params.cfg:q} --out {output:q} > {log:q} 2>&1"
