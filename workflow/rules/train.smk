@@ -20,7 +20,7 @@ rule train:
         "logs/train/{survey}/{method}.log",
     benchmark:
         "benchmarks/train/{survey}/{method}.tsv"
-    threads: workflow.cores
+    threads: 8  # capped at --cores on a workstation
     resources:
         mem_mb=8000,
         runtime=240,
