@@ -224,6 +224,7 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
         "n_sources": int(len(positions)), "aperture_radius": phot["radius"] if phot else None,
         "scores": scores, "config": dataclasses.asdict(config), "code_version": code_version(),
         "object": str(header.get("OBJECT", "")), "filter": str(header.get("FILTER", "")),
+        "has_wcs": bool(array.attrs.get("has_wcs", True)),
     }
     io.write_json(out_json, result)
     return result

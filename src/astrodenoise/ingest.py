@@ -19,43 +19,121 @@ import numpy as np
 from . import io
 from .provenance import code_version
 
-__all__ = ["IngestConfig", "ingest", "exposure_name", "check_fits_signature", "discover_exposures"]
+__all__ = ["IngestConfig", "ingest", "exposure_name", "check_fits_signature", "discover_exposures",
+           "sidecar_path", "inverse_variance", "pixel_mask", "NODATA", "SATURATED", "BAD", "NO_WEIGHT"]
 
 log = logging.getLogger(__name__)
+
+
+#: Bits of the ``mask`` array of an ingested store (0 = good pixel).
+NODATA, SATURATED, BAD, NO_WEIGHT = 1, 2, 4, 8
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     """Settings of the ingest step.
 
-    ``hdu`` selects the image HDU by index or EXTNAME (None: the first 2-D image);
-    ``chunk`` is the zarr chunk size in pixels; ``min_size`` the smallest image side
-    the pipeline accepts (training patches must fit).
+    ``hdu`` selects the image HDU by index or EXTNAME (None: SCI/IMAGE/DATA... or the
+    first 2-D image); ``plane`` the plane of a 3-D cube; ``chunk`` the zarr chunk size
+    in pixels; ``min_size`` the smallest image side accepted (training patches must fit).
+
+    Weights and masks come from an HDU of the same file (``weight_hdu``, ``mask_hdu``)
+    or from a sidecar file named by a substitution ``"from:to"`` on the file name
+    (``weight_sidecar: "ooi:oow"`` finds ``c4d_..._oow_...fits`` beside
+    ``c4d_..._ooi_...fits``). ``weight_kind`` says what the weight plane holds: ``ivar``
+    (inverse variance), ``var`` or ``rms``; mask planes are bad where non-zero.
+    ``saturate_key`` names the header keyword of the saturation level: pixels at or
+    above it are flagged.
     """
 
     hdu: int | str | None = None
+    plane: int | None = None
     chunk: int = 512
     min_size: int = 64
+    weight_hdu: int | str | None = None
+    weight_sidecar: str = ""
+    weight_kind: str = "ivar"
+    mask_hdu: int | str | None = None
+    mask_sidecar: str = ""
+    saturate_key: str = "SATURATE"
+
+    def __post_init__(self):
+        if self.weight_kind not in ("ivar", "var", "rms"):
+            raise ValueError(f"ingest.weight_kind {self.weight_kind!r}: use ivar, var or rms")
+        for rule in (self.weight_sidecar, self.mask_sidecar):
+            if rule and rule.count(":") != 1:
+                raise ValueError(f"sidecar rule {rule!r} must read 'from:to', e.g. 'ooi:oow'")
 
     @classmethod
     def from_dict(cls, values: dict) -> IngestConfig:
         return cls(**values)
 
+    def sidecar_tokens(self) -> list[str]:
+        """The 'to' parts of the sidecar rules: files holding them are not exposures."""
+        return [rule.split(":")[1] for rule in (self.weight_sidecar, self.mask_sidecar) if rule]
+
+
+def sidecar_path(path: str | Path, rule: str) -> Path:
+    """The sidecar of ``path`` under a ``"from:to"`` rule on its file name."""
+    old, new = rule.split(":")
+    path = Path(path)
+    if old not in path.name:
+        raise io.InputError(path, f"file name does not contain {old!r} of sidecar rule {rule!r}")
+    return path.with_name(path.name.replace(old, new, 1))
+
+
+def _aux_plane(fits_path: Path, hdu, rule: str, shape) -> np.ndarray | None:
+    if rule:
+        return io.read_fits_plane(sidecar_path(fits_path, rule), shape=shape)
+    if hdu is not None:
+        return io.read_fits_plane(fits_path, hdu=hdu, shape=shape)
+    return None
+
+
+def inverse_variance(weight: np.ndarray, kind: str) -> np.ndarray:
+    """Convert a weight plane to inverse variance (data units^-2); 0 where unusable."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ivar = {"ivar": weight, "var": 1.0 / weight, "rms": 1.0 / weight**2}[kind]
+    return np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0).astype(np.float32)
+
+
+def pixel_mask(data: np.ndarray, header, *, bad=None, ivar=None, saturate_key: str = "SATURATE"):
+    """Bit mask of an exposure (uint8): NODATA, SATURATED, BAD, NO_WEIGHT; 0 = good."""
+    mask = np.where(np.isnan(data), NODATA, 0).astype(np.uint8)
+    level = header.get(saturate_key) if saturate_key else None
+    if isinstance(level, (int, float)) and not isinstance(level, bool):
+        with np.errstate(invalid="ignore"):
+            mask[data >= level] |= SATURATED
+    if bad is not None:
+        mask[np.nan_to_num(bad, nan=1.0) != 0] |= BAD
+    if ivar is not None:
+        mask[ivar <= 0] |= NO_WEIGHT
+    return mask
+
 
 def ingest(fits_path: str | Path, out_zarr: str | Path, *, config: IngestConfig = IngestConfig()) -> dict:
     """Convert one FITS exposure to a zarr v3 store; return the attributes written.
 
+    The store holds ``image`` (float32, NaN = no data, header and provenance in its
+    attributes), ``mask`` (uint8 bits: 1 no data, 2 saturated, 4 bad in the mask plane,
+    8 zero weight) and, with a weight plane, ``ivar`` (inverse variance, data units^-2).
+
     Raises
     ------
     InputError
-        The file is not usable (missing, empty, not FITS, no 2-D image, all NaN,
-        smaller than ``min_size``); nothing is written.
+        The file is not usable (missing, empty, not FITS, truncated, no 2-D image, a
+        cube without ``plane``, all NaN, smaller than ``min_size``, a weight or mask of
+        another shape); nothing is written.
     """
     fits_path = Path(fits_path)
-    data, header = io.read_fits_image(fits_path, hdu=config.hdu)
+    data, header = io.read_fits_image(fits_path, hdu=config.hdu, plane=config.plane)
     if min(data.shape) < config.min_size:
         raise io.InputError(fits_path, f"image shape {data.shape} is smaller than "
                             f"ingest.min_size={config.min_size} pixels")
+    weight = _aux_plane(fits_path, config.weight_hdu, config.weight_sidecar, data.shape)
+    ivar = None if weight is None else inverse_variance(weight, config.weight_kind)
+    bad = _aux_plane(fits_path, config.mask_hdu, config.mask_sidecar, data.shape)
+    mask = pixel_mask(data, header, bad=bad, ivar=ivar, saturate_key=config.saturate_key)
     has_wcs = io.celestial_wcs(header) is not None
     if not has_wcs:
         log.warning("%s: no usable celestial WCS; processing in pixel coordinates", fits_path)
@@ -64,11 +142,15 @@ def ingest(fits_path: str | Path, out_zarr: str | Path, *, config: IngestConfig 
         "bunit": str(header.get("BUNIT", "")),
         "has_wcs": has_wcs,
         "nan_fraction": float(np.isnan(data).mean()),
+        "masked_fraction": float((mask != 0).mean()),
+        "saturated_pixels": int(((mask & SATURATED) != 0).sum()),
+        "has_weight": ivar is not None,
         "source_file": str(fits_path),
         "source_sha256": io.file_sha256(fits_path),
         "code_version": code_version(),
     }
-    io.write_zarr_image(out_zarr, data, chunks=config.chunk, attrs=attrs)
+    extra = {"mask": mask} | ({"ivar": ivar} if ivar is not None else {})
+    io.write_zarr_image(out_zarr, data, chunks=config.chunk, attrs=attrs, extra=extra)
     return attrs
 
 
@@ -135,7 +217,8 @@ def _read_sheet(sheet: str | Path) -> list[tuple[Path, str]]:
     return [(sheet.parent / row["path"].strip(), row["field"].strip()) for row in rows]
 
 
-def discover_exposures(path: str = "", *, sheet: str = "") -> dict[str, dict[str, str]]:
+def discover_exposures(path: str = "", *, sheet: str = "",
+                       sidecars: list[str] = ()) -> dict[str, dict[str, str]]:
     """Find the user's exposures: ``{exposure name: {"path": ..., "field": ...}}``.
 
     Parameters
@@ -143,6 +226,8 @@ def discover_exposures(path: str = "", *, sheet: str = "") -> dict[str, dict[str
     path : a FITS file, a directory of FITS files, or a glob pattern
     sheet : optional CSV with columns ``path`` and ``field``; when given it lists the
         exposures and ``path`` is not used. Without it every exposure is its own field.
+    sidecars : name parts of weight/mask sidecar files (``IngestConfig.sidecar_tokens``):
+        files whose names contain one are not exposures.
 
     Raises
     ------
@@ -152,7 +237,10 @@ def discover_exposures(path: str = "", *, sheet: str = "") -> dict[str, dict[str
     if sheet:
         entries = _read_sheet(sheet)
     elif path:
-        entries = [(p, exposure_name(p)) for p in _list_inputs(path)]
+        entries = [(p, exposure_name(p)) for p in _list_inputs(path)
+                   if not any(token in p.name for token in sidecars)]
+        if not entries:
+            raise io.InputError(path, f"holds only sidecar files (names with {list(sidecars)})")
     else:
         raise io.InputError("inputs.path", "is empty: set inputs.path (or inputs.exposure_sheet) "
                             "to your FITS files, or inputs.source: demo")

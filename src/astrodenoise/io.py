@@ -33,9 +33,11 @@ __all__ = [
     "atomic_path",
     "file_sha256",
     "read_fits_image",
+    "read_fits_plane",
     "write_fits_image",
     "write_zarr_image",
     "open_zarr_image",
+    "open_zarr_array",
     "header_from_attrs",
     "celestial_wcs",
     "read_json",
@@ -96,20 +98,87 @@ def _check_readable(path: Path) -> None:
         raise InputError(path, "file is empty (0 bytes); re-download or remove it from the inputs")
 
 
-def _pick_image_hdu(hdul: fits.HDUList, path: Path, hdu: int | str | None) -> fits.hdu.base.ExtensionHDU:
+#: EXTNAMEs that name the science image in multi-extension files, in order of preference.
+SCIENCE_EXTNAMES = ("SCI", "SCIENCE", "IMAGE", "IMG", "DATA", "FLUX")
+
+# Cards of a primary header that describe its own (empty) data, not the observation.
+_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "NEXTEND",
+               "BSCALE", "BZERO", "BLANK", "CHECKSUM", "DATASUM", "", "COMMENT", "HISTORY"}
+
+
+def _pick_image_hdu(hdul: fits.HDUList, path: Path, hdu: int | str | None):
     if hdu is not None:
         try:
             return hdul[hdu]
         except (KeyError, IndexError) as err:
             raise InputError(path, f"has no HDU {hdu!r}; available: {[h.name for h in hdul]}") from err
-    for candidate in hdul:
-        if candidate.is_image and candidate.header.get("NAXIS", 0) >= 2:
-            return candidate
+    images = [h for h in hdul if h.is_image and h.header.get("NAXIS", 0) >= 2]
+    for name in SCIENCE_EXTNAMES:
+        for candidate in images:
+            if candidate.name.upper() == name:
+                return candidate
+    if images:
+        return images[0]
     raise InputError(path, "contains no image HDU with two or more axes")
 
 
+def _merged_header(hdul: fits.HDUList, image_hdu) -> fits.Header:
+    """The image HDU's header plus the primary header's observation cards it lacks.
+
+    Multi-extension files keep FILTER, EXPTIME, DATE-OBS... in the primary header.
+    """
+    header = image_hdu.header.copy()
+    if image_hdu is hdul[0]:
+        return header
+    for card in hdul[0].header.cards:
+        if card.keyword not in _STRUCTURAL and card.keyword not in header:
+            header.append(card)
+    return header
+
+
+def _read_hdu(path: Path, hdu: int | str | None, plane: int | None) -> tuple[np.ndarray, fits.Header]:
+    """Read one 2-D plane as float32 (BSCALE/BZERO applied, BLANK -> NaN) and its header."""
+    _check_readable(path)
+    try:
+        with fits.open(path) as hdul:
+            image_hdu = _pick_image_hdu(hdul, path, hdu)
+            header = _merged_header(hdul, image_hdu)
+            # BLANK, BSCALE and BZERO disappear from .header once .data is read: take them
+            # first. BLANK is a stored (unscaled) integer value.
+            blank = header.get("BLANK")
+            bscale, bzero = header.get("BSCALE", 1.0), header.get("BZERO", 0.0)
+            raw = image_hdu.data
+            raw = _select_plane(path, raw, plane)
+            data = np.asarray(raw, dtype=np.float32)  # native endian, scaled by BSCALE/BZERO
+            if blank is not None and header.get("BITPIX", 0) > 0:
+                # Compare in float64, where every 16- and 32-bit stored integer is exact.
+                data[np.asarray(raw, dtype=np.float64) == blank * bscale + bzero] = np.nan
+    except InputError:
+        raise
+    except (OSError, TypeError, ValueError, IndexError) as err:
+        raise InputError(path, f"is not a readable FITS file ({err})") from err
+    for key in ("BSCALE", "BZERO", "BLANK"):
+        header.remove(key, ignore_missing=True)
+    return data, header
+
+
+def _select_plane(path: Path, raw, plane: int | None):
+    if raw is None:
+        raise InputError(path, "image HDU holds no data")
+    if raw.ndim == 2 and plane is None:
+        return raw
+    if raw.ndim == 3 and plane is not None:
+        if not 0 <= plane < raw.shape[0]:
+            raise InputError(path, f"cube has {raw.shape[0]} planes; ingest.plane={plane} is outside")
+        return raw[plane]
+    if raw.ndim == 3:
+        raise InputError(path, f"is a 3-D cube of shape {raw.shape}; set ingest.plane to the index "
+                         "of the image plane to denoise")
+    raise InputError(path, f"image has shape {raw.shape}; a 2-D image is needed")
+
+
 def read_fits_image(
-    path: str | os.PathLike, *, hdu: int | str | None = None
+    path: str | os.PathLike, *, hdu: int | str | None = None, plane: int | None = None
 ) -> tuple[np.ndarray, fits.Header]:
     """Read a 2-D science image from a FITS file.
 
@@ -118,49 +187,45 @@ def read_fits_image(
     path : path-like
         A FITS file, optionally tile-compressed (``.fits.fz``) or gzipped.
     hdu : int or str, optional
-        The HDU index or EXTNAME holding the image; by default the first HDU with a
-        2-D image (so an empty primary HDU with the image in extension 1 works).
+        The HDU index or EXTNAME holding the image; by default the HDU named SCI, SCIENCE,
+        IMAGE, IMG, DATA or FLUX, else the first HDU with a 2-D image (so an empty
+        primary HDU with the image in extension 1 works).
+    plane : int, optional
+        For a 3-D cube, the index of the plane to read; a cube without it is an error.
 
     Returns
     -------
     data : (ny, nx) float32, native byte order, in the file's units
         BLANK, NaN and infinite pixels become NaN (no data).
     header : astropy.io.fits.Header
-        The full header of the image HDU (SIP and other distortion cards kept).
+        The full header of the image HDU (SIP and other distortion cards kept), plus
+        the observation cards of the primary header for an image in an extension.
 
     Raises
     ------
     InputError
-        The file is missing, empty, not FITS, has no 2-D image, or is all NaN.
+        The file is missing, empty, not FITS, truncated, has no 2-D image, is a cube
+        without ``plane``, or is all NaN.
     """
     path = Path(path)
-    _check_readable(path)
-    try:
-        with fits.open(path) as hdul:
-            image_hdu = _pick_image_hdu(hdul, path, hdu)
-            header = image_hdu.header.copy()
-            # BLANK, BSCALE and BZERO disappear from .header once .data is read: take them
-            # first. BLANK is a stored (unscaled) integer value.
-            blank = header.get("BLANK")
-            bscale, bzero = header.get("BSCALE", 1.0), header.get("BZERO", 0.0)
-            raw = image_hdu.data
-    except InputError:
-        raise
-    except (OSError, TypeError, ValueError) as err:
-        raise InputError(path, f"is not a readable FITS file ({err})") from err
-    if raw is None or raw.ndim != 2:
-        shape = None if raw is None else raw.shape
-        raise InputError(path, f"image has shape {shape}; a 2-D image is needed")
-    data = np.asarray(raw, dtype=np.float32)  # native endian, scaled by BSCALE/BZERO
-    if blank is not None and header.get("BITPIX", 0) > 0:
-        # Compare in float64, where every 16- and 32-bit stored integer is exact.
-        data[np.asarray(raw, dtype=np.float64) == blank * bscale + bzero] = np.nan
+    data, header = _read_hdu(path, hdu, plane)
     data[~np.isfinite(data)] = np.nan
     if np.isnan(data).all():
         raise InputError(path, "image holds no valid pixel (all NaN or BLANK)")
-    for key in ("BSCALE", "BZERO", "BLANK"):
-        header.remove(key, ignore_missing=True)
     return data, header
+
+
+def read_fits_plane(path: str | os.PathLike, *, hdu: int | str | None = None,
+                    shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an auxiliary 2-D plane (weight, variance, mask) as float32.
+
+    ``shape``, when given, must match: a weight map of another size is an error.
+    """
+    path = Path(path)
+    data, _ = _read_hdu(path, hdu, None)
+    if shape is not None and data.shape != tuple(shape):
+        raise InputError(path, f"plane has shape {data.shape}, the image {tuple(shape)}")
+    return data
 
 
 def celestial_wcs(header: fits.Header) -> WCS | None:
@@ -203,23 +268,33 @@ def write_zarr_image(
     chunks: int,
     attrs: dict[str, Any],
     name: str = "image",
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Write a 2-D float32 image as array ``name`` of a new zarr v3 store, atomically.
 
-    ``attrs`` (JSON-serialisable) go on the array: header, units, provenance.
+    ``attrs`` (JSON-serialisable) go on the image array: header, units, provenance.
+    ``extra`` adds same-shape arrays beside it (``mask`` bit flags, ``ivar`` weights),
+    chunked alike.
     """
     data = np.asarray(data, dtype=np.float32)
+    chunk_shape = (min(chunks, data.shape[0]), min(chunks, data.shape[1]))
     with atomic_path(path) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=3)
-        array = root.create_array(
-            name,
-            shape=data.shape,
-            dtype="float32",
-            chunks=(min(chunks, data.shape[0]), min(chunks, data.shape[1])),
-            fill_value=np.nan,
-        )
-        array[...] = data
-        array.attrs.update(attrs)
+        for key, values in {name: data, **(extra or {})}.items():
+            values = np.asarray(values)
+            fill = np.nan if np.issubdtype(values.dtype, np.floating) else 0
+            array = root.create_array(key, shape=values.shape, dtype=values.dtype,
+                                      chunks=chunk_shape, fill_value=fill)
+            array[...] = values
+        root[name].attrs.update(attrs)
+
+
+def open_zarr_array(path: str | os.PathLike, name: str) -> zarr.Array | None:
+    """Open array ``name`` of a zarr store read-only, or None when the store lacks it."""
+    try:
+        return zarr.open_array(Path(path) / name, mode="r")
+    except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError):
+        return None
 
 
 def open_zarr_image(path: str | os.PathLike, *, name: str = "image") -> zarr.Array:

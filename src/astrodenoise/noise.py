@@ -96,14 +96,17 @@ def source_mask(data: np.ndarray, background: np.ndarray, rms: np.ndarray, *,
     return mask | ~np.isfinite(data)
 
 
-def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None,
-                   config: NoiseConfig = NoiseConfig()) -> dict:
+def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: np.ndarray | None = None,
+                   ivar: np.ndarray | None = None, config: NoiseConfig = NoiseConfig()) -> dict:
     """Measure sky level and Gaussian noise sigma of one exposure.
 
     Parameters
     ----------
     data : (ny, nx) float32, data units (ADU for raw frames); NaN = no data
     header : the exposure header, for GAIN and RDNOISE cross-checks
+    bad : (ny, nx) bool, optional; True = pixel not to be used (saturated, bad, no weight)
+    ivar : (ny, nx) float, optional; inverse variance from a weight map (data units^-2),
+        compared with the measured noise (``weight_agreement``)
     config : NoiseConfig
 
     Returns
@@ -118,13 +121,18 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None,
     single-image fit of :func:`fit_poisson_gaussian`: on sky-dominated images gain and
     read noise are nearly degenerate, so treat it as a check of the header values),
     ``autocorrelation`` (lag 1 in x and y) with the flag ``correlated``, and
-    ``pattern`` (row/column RMS) with the flag ``banding``.
+    ``pattern`` (row/column RMS) with the flag ``banding``; with ``ivar``,
+    ``sigma_from_weight`` (median 1/sqrt(ivar) over blank sky) and ``weight_agreement``
+    (measured sigma over it: 1 when the weight map is right).
     """
     overscan = overscan_level(data, header)
     section = _section(header, "TRIMSEC", data.shape) or _section(header, "DATASEC", data.shape)
+    if bad is not None:
+        data = np.where(bad, np.nan, data).astype(np.float32)
     if section is not None and overscan is not None:
         # A raw frame with its overscan: measure the sky and noise on the light-sensitive part.
         data = data[section]
+        ivar = None if ivar is None else ivar[section]
     background, rms = estimate_background(data, box_size=config.box_size,
                                           filter_size=config.filter_size)
     mask = source_mask(data, background, rms, detect_sigma=config.detect_sigma,
@@ -146,6 +154,10 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None,
     correlation = noise_autocorrelation(residual, mask)
     pattern = pattern_noise(residual, mask, sigma=sigma)
     fit = fit_poisson_gaussian(mean_variance_curve(data), bias=bias)
+    weight_sigma = None
+    if ivar is not None:
+        usable = ~mask & (ivar > 0)
+        weight_sigma = float(np.median(1.0 / np.sqrt(ivar[usable]))) if usable.any() else None
     return {
         "sky_level": sky_level,
         "sky_rms": float(np.nanmedian(rms)),
@@ -162,6 +174,8 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None,
         "correlated": bool(max(abs(correlation["x"]), abs(correlation["y"])) > config.correlation_limit),
         "pattern": pattern,
         "banding": _banding(pattern),
+        "sigma_from_weight": weight_sigma,
+        "weight_agreement": sigma / weight_sigma if weight_sigma else None,
     }
 
 
@@ -178,7 +192,10 @@ def noise(input_zarr: str | Path, out_json: str | Path, *, config: NoiseConfig =
     """Measure the noise of one ingested exposure and write it as JSON (atomically)."""
     array = io.open_zarr_image(input_zarr)
     try:
-        result = estimate_noise(array[...], header=io.header_from_attrs(array.attrs), config=config)
+        mask, ivar = io.open_zarr_array(input_zarr, "mask"), io.open_zarr_array(input_zarr, "ivar")
+        result = estimate_noise(array[...], header=io.header_from_attrs(array.attrs),
+                                bad=None if mask is None else mask[...] != 0,
+                                ivar=None if ivar is None else ivar[...], config=config)
     except ValueError as err:
         raise io.InputError(input_zarr, str(err)) from err
     result |= {"exposure": Path(input_zarr).stem, "config": dataclasses.asdict(config),

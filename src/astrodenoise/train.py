@@ -96,13 +96,15 @@ class TrainConfig:
 
 @dataclass
 class Exposure:
-    """One training exposure: data (ny, nx) float32 in data units, NaN = no data."""
+    """One training exposure: data (ny, nx) float32 in data units, NaN = no data; pixels
+    flagged ``bad`` (saturated, masked) stay in the input but never count in the loss."""
 
     name: str
     field: str
     data: np.ndarray
     sky_level: float
     sigma: float
+    bad: np.ndarray | None = None  # (ny, nx) bool, True = excluded from the loss
 
 
 def normalise(data: np.ndarray, *, offset: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +156,7 @@ class _PatchSampler:
         for exp in exposures:
             image, nodata = normalise(exp.data, offset=exp.sky_level, scale=scale)
             self.images.append(image)
-            self.nodata.append(nodata)
+            self.nodata.append(nodata if exp.bad is None else nodata | exp.bad)
         self.fields: dict[str, list[int]] = {}
         for i, exp in enumerate(exposures):
             self.fields.setdefault(exp.field, []).append(i)
@@ -347,9 +349,11 @@ def train(images: list[str], noise_files: list[str], fields: list[str], *, out_c
     exposures = []
     for image, noise_file, field_name in zip(images, noise_files, fields, strict=True):
         measured = io.read_json(noise_file)
+        mask = io.open_zarr_array(image, "mask")
         exposures.append(Exposure(name=Path(image).stem, field=field_name,
                                   data=io.open_zarr_image(image)[...],
-                                  sky_level=measured["sky_level"], sigma=measured["sigma"]))
+                                  sky_level=measured["sky_level"], sigma=measured["sigma"],
+                                  bad=None if mask is None else mask[...] != 0))
     checkpoint = train_model(exposures, config)
     checkpoint |= {
         "code_version": code_version(),

@@ -8,7 +8,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from astrodenoise.ingest import discover_exposures
+from astrodenoise.ingest import IngestConfig, discover_exposures
 from astrodenoise.io import InputError
 from astrodenoise.provenance import STEP_VERSIONS
 from astrodenoise.simulate import SimulationConfig, exposure_names
@@ -37,7 +37,9 @@ def _demo_exposures():
 def _user_exposures():
     try:
         return discover_exposures(
-            config["inputs"]["path"], sheet=config["inputs"]["exposure_sheet"]
+            config["inputs"]["path"],
+            sheet=config["inputs"]["exposure_sheet"],
+            sidecars=IngestConfig.from_dict(config["ingest"]).sidecar_tokens(),
         )
     except InputError as err:
         raise WorkflowError(f"Bad input: {err}") from None
