@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +40,13 @@ def test_code_version_starts_with_package_version():
     assert re.fullmatch(re.escape(astrodenoise.__version__) + r"(\+g[0-9a-f]+(\.dirty)?)?", version)
 
 
-def test_every_step_has_a_version():
-    assert set(STEP_VERSIONS) == {"simulate", "ingest", "noise", "train", "predict", "evaluate",
-                                  "report"}
+def test_every_step_has_a_version_and_every_version_reaches_a_rule():
+    rules = Path(__file__).resolve().parents[1] / "workflow" / "rules"
+    used = set()
+    for smk in rules.glob("*.smk"):
+        used |= set(re.findall(r'STEP_VERSIONS\["(\w+)"\]', smk.read_text()))
+
+    assert used == set(STEP_VERSIONS)
+    assert {"simulate", "ingest", "noise", "register", "train", "predict", "evaluate",
+            "report"} <= set(STEP_VERSIONS)
     assert all(isinstance(v, int) and v >= 1 for v in STEP_VERSIONS.values())

@@ -152,3 +152,24 @@ def test_truncated_fits_fails_ingest_and_leaves_no_store(tmp_path):
     assert "cut.fits" in log and "error" in log
     assert not (tmp_path / "results" / "ingest" / "tiny" / "cut.zarr").exists()
     assert not list((tmp_path / "results" / "ingest" / "tiny").glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_own_fits_directory_is_grouped_registered_and_denoised(tmp_path):
+    from astrodenoise.simulate import SimulationConfig, write_demo_survey
+
+    write_demo_survey(tmp_path / "sky", SimulationConfig(**TINY["simulate"]))
+    config = TINY | {
+        "survey": "mine",
+        "inputs": {"source": "fits", "path": str(tmp_path / "sky" / "raw"), "grouping": "auto"},
+        "train": TINY["train"] | {"methods": ["n2n"]},
+    }
+
+    result = run_snakemake(tmp_path, config)
+
+    assert result.returncode == 0, result.stderr[-4000:]
+    registration = json.loads((tmp_path / "results/register/mine/field00_e00.json").read_text())
+    assert [e["method"] for e in registration["exposures"]] == ["reference", "wcs"]
+    scores = json.loads((tmp_path / "results/evaluate/mine/field00_e01.json").read_text())
+    assert scores["photometry_reference"] == "input" and not scores["has_truth"]
+    assert scores["scores"]["n2n"]["rms_blank"] < scores["scores"]["input"]["rms_blank"]

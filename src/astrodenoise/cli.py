@@ -6,6 +6,7 @@ step of the Snakemake workflow also runs by hand::
     astrodenoise simulate --out demo/
     astrodenoise ingest demo/raw/field00_e00.fits --out field00_e00.zarr
     astrodenoise noise field00_e00.zarr --out field00_e00.json
+    astrodenoise register --images a.zarr b.zarr --out field.json
     astrodenoise noise-survey --images a.zarr b.zarr --noise a.json b.json --fields f f \\
         --out survey.json --plot survey.png
     astrodenoise train --images a.zarr b.zarr --noise a.json b.json --fields f f \\
@@ -70,10 +71,20 @@ def _noise(args) -> None:
     print(f"{args.input}: sky {result['sky_level']:.3f}, sigma {result['sigma']:.4f}")
 
 
+def _register(args) -> None:
+    from .register import register
+
+    for entry in register(args.images, out_json=args.out):
+        offset = entry["offset"]
+        where = f"offset dy={offset[0]:+.2f} dx={offset[1]:+.2f} px" if offset else "no offset"
+        print(f"{entry['exposure']}: {entry['method']}, {where}")
+
+
 def _noise_survey(args) -> None:
     from .noise import noise_survey
 
-    result = noise_survey(args.images, args.noise, args.fields, out_json=args.out, out_png=args.plot)
+    result = noise_survey(args.images, args.noise, args.fields, out_json=args.out, out_png=args.plot,
+                          registrations=args.registrations or [])
     fit = result["fit"]
     if fit.get("gain"):
         rn = f"{fit['read_noise']:.2f}" if fit.get("read_noise") is not None else "n/a"
@@ -87,7 +98,7 @@ def _train(args) -> None:
 
     config = TrainConfig.from_dict(args.config | {"method": args.method, "threads": args.threads})
     checkpoint = train(args.images, args.noise, args.fields, out_checkpoint=args.out,
-                       out_curve=args.curve, config=config)
+                       out_curve=args.curve, config=config, registrations=args.registrations or [])
     print(f"{args.method}: best validation step {checkpoint['best_step']} of {checkpoint['step']}")
 
 
@@ -140,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="zarr store from ingest")
     p.add_argument("--out", required=True, help="JSON file to write")
 
+    p = _add(sub, "register", _register,
+             "Register the exposures of one field to its first exposure (WCS or cross-correlation).")
+    p.add_argument("--images", nargs="+", required=True, help="zarr stores of one field, reference first")
+    p.add_argument("--out", required=True, help="JSON file to write")
+
     p = _add(sub, "noise-survey", _noise_survey,
              "Survey noise: gain and read noise from exposure pairs, exposure table, plot.")
     p.add_argument("--images", nargs="+", required=True, help="zarr stores from ingest")
@@ -147,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fields", nargs="+", required=True, help="field name per image, same order")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--plot", required=True, help="mean-variance PNG to write")
+    p.add_argument("--registrations", nargs="*", help="register JSON per field")
 
     p = _add(sub, "train", _train, "Train a self-supervised denoiser on ingested exposures.")
     p.add_argument("--images", nargs="+", required=True, help="zarr stores from ingest")
@@ -157,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--curve", required=True, help="training curve CSV to write")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: all)")
+    p.add_argument("--registrations", nargs="*", help="register JSON per field (Noise2Noise alignment)")
 
     p = _add(sub, "predict", _predict, "Denoise an ingested exposure tile by tile (zarr + FITS).")
     p.add_argument("input", help="zarr store from ingest")

@@ -217,8 +217,8 @@ def _read_sheet(sheet: str | Path) -> list[tuple[Path, str]]:
     return [(sheet.parent / row["path"].strip(), row["field"].strip()) for row in rows]
 
 
-def discover_exposures(path: str = "", *, sheet: str = "",
-                       sidecars: list[str] = ()) -> dict[str, dict[str, str]]:
+def discover_exposures(path: str = "", *, sheet: str = "", sidecars: list[str] = (),
+                       grouping: str = "none", hdu: int | str | None = None) -> dict[str, dict[str, str]]:
     """Find the user's exposures: ``{exposure name: {"path": ..., "field": ...}}``.
 
     Parameters
@@ -228,6 +228,11 @@ def discover_exposures(path: str = "", *, sheet: str = "",
         exposures and ``path`` is not used. Without it every exposure is its own field.
     sidecars : name parts of weight/mask sidecar files (``IngestConfig.sidecar_tokens``):
         files whose names contain one are not exposures.
+    grouping : without a sheet, ``"none"`` makes every exposure its own field and
+        ``"auto"`` groups them from their headers (same FILTER and overlapping WCS
+        footprints; without WCS, same INSTRUME, FILTER, OBJECT and shape), see
+        :func:`astrodenoise.register.group_by_header`. Only headers are read.
+    hdu : the image HDU (``IngestConfig.hdu``), for reading headers when grouping
 
     Raises
     ------
@@ -252,4 +257,25 @@ def discover_exposures(path: str = "", *, sheet: str = "",
             raise io.InputError(file, f"has the same exposure name {name!r} as "
                                 f"{exposures[name]['path']}; rename one of them")
         exposures[name] = {"path": str(file), "field": re.sub(r"[^A-Za-z0-9_.-]", "_", field)}
+    if grouping == "auto" and not sheet:
+        _group_from_headers(exposures, hdu)
     return exposures
+
+
+def _group_from_headers(exposures: dict[str, dict[str, str]], hdu) -> None:
+    from astropy.io import fits
+
+    from .register import group_by_header
+
+    headers, shapes = {}, {}
+    for name, entry in exposures.items():
+        try:
+            with fits.open(entry["path"]) as hdul:
+                header = io._merged_header(hdul, io._pick_image_hdu(hdul, Path(entry["path"]), hdu))
+        except (OSError, ValueError) as err:
+            raise io.InputError(entry["path"], f"header cannot be read for grouping ({err})") from err
+        headers[name] = header
+        shapes[name] = (int(header.get("ZNAXIS2", header.get("NAXIS2", 0))),
+                        int(header.get("ZNAXIS1", header.get("NAXIS1", 0))))
+    for name, field in group_by_header(headers, shapes).items():
+        exposures[name]["field"] = field

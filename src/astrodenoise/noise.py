@@ -500,16 +500,20 @@ def mean_variance_figure(curve: dict, fit: dict, *, header_gain=None, header_rea
 
 
 def noise_survey(images: list[str], noise_files: list[str], fields: list[str], *, out_json: str,
-                 out_png: str) -> dict:
+                 out_png: str, registrations: list[str] = ()) -> dict:
     """Survey-level noise: the exposure table, the pooled pair fit, the mean-variance plot.
 
     ``images``, ``noise_files`` and ``fields`` are parallel lists (zarr store, noise JSON
-    and field of each exposure). Writes ``out_json`` and ``out_png`` atomically.
+    and field of each exposure); ``registrations`` (register step) align each field's
+    exposures before they are paired. Writes ``out_json`` and ``out_png`` atomically.
     """
+    from .register import load_aligned
+
     per_exposure = [io.read_json(p) for p in noise_files]
     grouped: dict[str, list[np.ndarray]] = {}
-    for image, field in zip(images, fields, strict=True):
-        grouped.setdefault(field, []).append(io.open_zarr_image(image)[...])
+    for loaded in load_aligned(images, fields, registrations):
+        data = loaded["data"] if loaded["bad"] is None else np.where(loaded["bad"], np.nan, loaded["data"])
+        grouped.setdefault(loaded["field"], []).append(data)
     biases = [e["overscan"]["bias"] for e in per_exposure if e.get("overscan")]
     fit = survey_noise(grouped, bias=float(np.median(biases)) if biases else 0.0)
     gains = [e["header_gain"] for e in per_exposure if e.get("header_gain")]

@@ -23,6 +23,7 @@ STEP_VERSIONS = {
     "simulate": 1,
     "ingest": 1,
     "noise": 1,
+    "register": 1,
     "train": 1,
     "predict": 1,
     "evaluate": 1,

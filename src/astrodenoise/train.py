@@ -338,27 +338,29 @@ def write_curve(path: str | Path, history: list[dict]) -> None:
 
 
 def train(images: list[str], noise_files: list[str], fields: list[str], *, out_checkpoint: str,
-          out_curve: str, config: TrainConfig) -> dict:
+          out_curve: str, config: TrainConfig, registrations: list[str] = ()) -> dict:
     """Train on ingested exposures and write the checkpoint and training curve (atomic).
 
     ``images``, ``noise_files`` and ``fields`` are parallel lists: the zarr store, the
-    noise JSON and the field name of each exposure.
+    noise JSON and the field name of each exposure. ``registrations`` (JSON of the
+    register step) put the exposures of each field on one pixel grid for Noise2Noise.
     """
+    from .register import load_aligned
+
     if not len(images) == len(noise_files) == len(fields):
         raise ValueError("train needs one noise file and one field name per image")
     exposures = []
-    for image, noise_file, field_name in zip(images, noise_files, fields, strict=True):
+    for loaded, noise_file in zip(load_aligned(images, fields, registrations), noise_files, strict=True):
         measured = io.read_json(noise_file)
-        mask = io.open_zarr_array(image, "mask")
-        exposures.append(Exposure(name=Path(image).stem, field=field_name,
-                                  data=io.open_zarr_image(image)[...],
+        exposures.append(Exposure(name=loaded["name"], field=loaded["field"], data=loaded["data"],
                                   sky_level=measured["sky_level"], sigma=measured["sigma"],
-                                  bad=None if mask is None else mask[...] != 0))
+                                  bad=loaded["bad"]))
     checkpoint = train_model(exposures, config)
     checkpoint |= {
         "code_version": code_version(),
         "inputs": [{"image": str(i), "sha256": io.open_zarr_image(i).attrs.get("source_sha256"),
                     "field": f} for i, f in zip(images, fields, strict=True)],
+        "registrations": [io.read_json(r) for r in registrations],
     }
     io.save_checkpoint(out_checkpoint, checkpoint)
     write_curve(out_curve, checkpoint["history"])

@@ -40,6 +40,8 @@ def _user_exposures():
             config["inputs"]["path"],
             sheet=config["inputs"]["exposure_sheet"],
             sidecars=IngestConfig.from_dict(config["ingest"]).sidecar_tokens(),
+            grouping=config["inputs"]["grouping"],
+            hdu=config["ingest"]["hdu"],
         )
     except InputError as err:
         raise WorkflowError(f"Bad input: {err}") from None
@@ -68,6 +70,19 @@ wildcard_constraints:
 def step_config(step, drop=()):
     """The config section of a step as compact JSON, for params: (so edits rerun the step)."""
     return json.dumps({k: v for k, v in config[step].items() if k not in drop}, sort_keys=True)
+
+
+def field_exposures(field):
+    """Exposures of one field, in a stable order (the first is the registration reference)."""
+    return sorted(name for name, e in EXPOSURES.items() if e["field"] == field)
+
+
+def get_field_images(wildcards):
+    return [f"results/ingest/{wildcards.survey}/{e}.zarr" for e in field_exposures(wildcards.field)]
+
+
+def registration_paths():
+    return [f"results/register/{SURVEY}/{field}.json" for field in FIELDS]
 
 
 def get_raw_fits(wildcards):

@@ -24,6 +24,7 @@ rule noise_survey:
     input:
         images=exposure_paths("results/ingest/{survey}/{exposure}.zarr"),
         noise=exposure_paths("results/noise/{survey}/{exposure}.json"),
+        registrations=registration_paths(),
     output:
         json="results/noise/{survey}/_survey/noise.json",
         png=report(
@@ -41,4 +42,5 @@ rule noise_survey:
         runtime=30,
     shell:
         "astrodenoise noise-survey --images {input.images:q} --noise {input.noise:q}"
-        " --fields {params.fields:q} --out {output.json:q} --plot {output.png:q} > {log:q} 2>&1"
+        " --fields {params.fields:q} --registrations {input.registrations:q}"
+        " --out {output.json:q} --plot {output.png:q} > {log:q} 2>&1"

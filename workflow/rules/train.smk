@@ -5,6 +5,7 @@ rule train:
     input:
         images=exposure_paths("results/ingest/{survey}/{exposure}.zarr"),
         noise=exposure_paths("results/noise/{survey}/{exposure}.json"),
+        registrations=registration_paths(),
     output:
         model="results/train/{survey}/{method}/model.pt",
         curve=report(
@@ -28,4 +29,5 @@ rule train:
     shell:
         "astrodenoise train --method {wildcards.method} --images {input.images:q}"
         " --noise {input.noise:q} --fields {params.fields:q} --out {output.model:q}"
-        " --curve {output.curve:q} --threads {threads} --config {params.cfg:q} > {log:q} 2>&1"
+        " --curve {output.curve:q} --registrations {input.registrations:q}"
+        " --threads {threads} --config {params.cfg:q} > {log:q} 2>&1"
