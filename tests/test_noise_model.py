@@ -195,3 +195,17 @@ def test_noise_survey_writes_table_and_plot(tmp_path, ramp_pair):
     assert io.read_json(tmp_path / "s.json")["fit"]["gain"] == pytest.approx(GAIN, rel=0.05)
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["header_gain"] == GAIN
+
+
+def test_demo_survey_gain_and_read_noise_within_ten_percent(tmp_path):
+    from astrodenoise.simulate import SimulationConfig, write_demo_survey
+
+    config = SimulationConfig(size=256)  # the demo defaults otherwise: 2 fields x 3 exposures
+    fields = write_demo_survey(tmp_path, config)
+    grouped = {f: [io.read_fits_image(tmp_path / "raw" / f"{e}.fits")[0] for e in names]
+               for f, names in fields.items()}
+
+    fit = survey_noise(grouped)
+
+    assert fit["gain"] == pytest.approx(config.gain, rel=0.10)
+    assert fit["read_noise"] == pytest.approx(config.read_noise, rel=0.10)

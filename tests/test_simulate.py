@@ -109,13 +109,30 @@ def test_blank_sky_noise_matches_gain_and_read_noise(demo_survey):
     assert residual.std() == pytest.approx(np.sqrt(np.mean(expected**2)), rel=0.03)
 
 
-def test_sky_level_follows_sky_magnitude(demo_survey):
+def _sky_adu(config, sky_mag):
+    return 10 ** (-0.4 * (sky_mag - config.zeropoint)) * config.pixel_scale**2 * config.exptime / config.gain
+
+
+def test_sky_level_follows_the_field_sky_magnitude(demo_survey):
     config = demo_survey.config
     truth = _read(demo_survey.root, "truth", "field00")[0]
-    expected = (10 ** (-0.4 * (config.sky_mag - config.zeropoint)) * config.pixel_scale**2
-                * config.exptime / config.gain)
+    catalogue = Table.read(demo_survey.root / "catalog" / "field00.ecsv")
+    sky_mag = catalogue.meta["sky_mag"]
 
-    assert float(np.median(truth)) == pytest.approx(expected, rel=0.02)
+    assert config.sky_mag <= sky_mag <= config.sky_mag + config.sky_mag_spread
+    assert float(np.median(truth)) == pytest.approx(_sky_adu(config, sky_mag), rel=0.02)
+    assert catalogue.meta["sky_adu"] == pytest.approx(_sky_adu(config, sky_mag))
+
+
+def test_fields_get_different_skies_only_with_a_spread(tmp_path):
+    spread = write_demo_survey(tmp_path / "a", dataclasses.replace(SMALL, n_fields=2, n_exposures=1))
+    flat = write_demo_survey(tmp_path / "b", dataclasses.replace(SMALL, n_fields=2, n_exposures=1,
+                                                                 sky_mag_spread=0.0))
+    skies = [Table.read(tmp_path / "a" / "catalog" / f"{f}.ecsv").meta["sky_mag"] for f in spread]
+    flat_skies = [Table.read(tmp_path / "b" / "catalog" / f"{f}.ecsv").meta["sky_mag"] for f in flat]
+
+    assert skies[0] != skies[1]
+    assert flat_skies == [SMALL.sky_mag, SMALL.sky_mag]
 
 
 def test_simulate_exposure_adds_cosmic_rays_only_when_asked():

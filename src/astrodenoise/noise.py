@@ -283,10 +283,19 @@ def _binned_variance(levels: np.ndarray, noise: np.ndarray, *, n_bins: int, min_
     bright tail, where the lever arm for the gain comes from.
     """
     knee, top = np.quantile(levels, [0.98, 1.0])
-    edges = np.unique(np.concatenate([
+    candidates = np.unique(np.concatenate([
         np.quantile(levels, np.linspace(0, 0.98, n_bins // 2 + 1)),
         knee + np.geomspace(1.0, max(top - knee, 2.0), n_bins - n_bins // 2 + 1) - 1.0,
     ]))
+    # The levels are noisy too. A bin narrower than a few noise sigmas mostly sorts pixels
+    # by their noise (Eddington bias: its mean level is not the mean true level of its
+    # pixels), which flattens the curve; so bins are at least 2 noise sigmas wide.
+    min_width = 2.0 * mad_std(noise) / np.sqrt(gain)
+    edges = [candidates[0]]
+    for edge in candidates[1:-1]:
+        if edge - edges[-1] >= min_width:
+            edges.append(edge)
+    edges.append(candidates[-1])
     out = {k: [] for k in ("mean", "variance", "error", "count")}
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         pick = (levels >= lo) & (levels < hi)

@@ -63,6 +63,7 @@ class SimulationConfig:
     read_noise: float = 5.0
     zeropoint: float = 26.0
     sky_mag: float = 21.0
+    sky_mag_spread: float = 1.5
     star_density: float = 20.0
     galaxy_density: float = 40.0
     mag_range: tuple[float, float] = (17.0, 25.5)
@@ -197,15 +198,19 @@ def simulate_field(config: SimulationConfig, field_index: int, rng: np.random.Ge
             stamp = fftconvolve(np.pad(stamp, psf_half), psf, mode="same")
         _add_stamp(electrons, stamp * flux_e, ix, iy)
         rows.append((x, y, flux_e / config.gain, mag, kind, r_eff, n))
-    sky_e = 10 ** (-0.4 * (config.sky_mag - config.zeropoint)) * scale**2 * to_e
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     gradient = 1.0 + 0.02 * (rng.uniform(-1, 1) * xx + rng.uniform(-1, 1) * yy)
+    # Fields are observed under different skies (moon, airmass): up to sky_mag_spread
+    # magnitudes darker than sky_mag.
+    sky_mag = config.sky_mag + rng.uniform(0.0, config.sky_mag_spread)
+    sky_e = 10 ** (-0.4 * (sky_mag - config.zeropoint)) * scale**2 * to_e
     truth = (electrons + sky_e * gradient) / config.gain
     wcs = _field_wcs(config, field_index)
     catalogue = Table(rows=rows, names=("x", "y", "flux", "mag", "type", "r_eff", "sersic_n"))
     sky = wcs.pixel_to_world(catalogue["x"], catalogue["y"])
     catalogue["ra"], catalogue["dec"] = sky.ra.deg, sky.dec.deg
-    catalogue.meta.update(fwhm_pix=fwhm_pix, gain=config.gain, sky_adu=sky_e / config.gain)
+    catalogue.meta.update(fwhm_pix=fwhm_pix, gain=config.gain, sky_adu=sky_e / config.gain,
+                          sky_mag=sky_mag)
     return truth, catalogue, wcs, fwhm_pix
 
 
