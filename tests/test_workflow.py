@@ -173,3 +173,48 @@ def test_own_fits_directory_is_grouped_registered_and_denoised(tmp_path):
     scores = json.loads((tmp_path / "results/evaluate/mine/field00_e01.json").read_text())
     assert scores["photometry_reference"] == "input" and not scores["has_truth"]
     assert scores["scores"]["n2n"]["rms_blank"] < scores["scores"]["input"]["rms_blank"]
+
+    # One more exposure of the same field: only it is ingested and measured; its field is
+    # registered again and everything that pools the field (fit, model, outputs) follows.
+    raw = tmp_path / "sky" / "raw"
+    (raw / "field00_e02.fits").write_bytes((raw / "field00_e01.fits").read_bytes())
+    assert _planned_jobs(tmp_path, config) == {
+        "ingest": 1, "noise": 1, "register": 1, "noise_survey": 1, "train": 1,
+        "predict": 3, "evaluate": 3, "report": 1, "all": 1,
+    }
+
+
+def _planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
+    """Job counts per rule of a dry run (Snakemake's 'Job stats' table)."""
+    result = run_snakemake(workdir, config, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("total")[0]
+    counts = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"evaluate": {"gaussian_sigma": 1.5}}, {"evaluate": 2, "report": 1, "all": 1}),
+        ({"noise": {"dilate": 3}},
+         {"noise": 2, "noise_survey": 1, "train": 2, "predict": 4, "evaluate": 2, "report": 1, "all": 1}),
+        ({"predict": {"tile": 32}}, {"predict": 4, "evaluate": 2, "report": 1, "all": 1}),
+    ],
+    ids=["evaluate-settings", "noise-settings", "predict-settings"],
+)
+def test_config_edit_reruns_only_what_it_affects(demo_run, change, expected):
+    workdir, _ = demo_run
+    config = json.loads(json.dumps(TINY))
+    for section, values in change.items():
+        config[section] = config.get(section, {}) | values
+
+    assert _planned_jobs(workdir, config) == expected
