@@ -44,6 +44,7 @@ def test_pair_curve_recovers_gain_and_read_noise(ramp_pair):
     assert fit["gain"] == pytest.approx(GAIN, rel=0.03)
     assert fit["read_noise"] == pytest.approx(READ_NOISE, rel=0.10)
     assert abs(fit["gain"] - GAIN) < 3 * fit["gain_err"] + 0.02 * GAIN  # the error bar is honest
+    assert fit["reliable"]
 
 
 def test_fit_with_bias_offset_recovers_read_noise(ramp_pair):
@@ -209,3 +210,13 @@ def test_demo_survey_gain_and_read_noise_within_ten_percent(tmp_path):
 
     assert fit["gain"] == pytest.approx(config.gain, rel=0.10)
     assert fit["read_noise"] == pytest.approx(config.read_noise, rel=0.10)
+
+
+def test_fit_is_flagged_unreliable_when_levels_span_too_little():
+    rng = np.random.default_rng(9)
+    flat = np.full((200, 200), 300.0)
+    pair = [_poisson_gaussian(flat, rng), _poisson_gaussian(flat, rng)]
+
+    fit = fit_poisson_gaussian(pair_mean_variance_curve(*pair))
+
+    assert not fit["reliable"]

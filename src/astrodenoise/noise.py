@@ -326,7 +326,8 @@ def fit_poisson_gaussian(curve: dict[str, np.ndarray], *, bias: float = 0.0) -> 
     -------
     dict with ``gain`` (e-/ADU) and ``read_noise`` (e-) with 1-sigma errors from the
     weighted least-squares covariance, the raw ``slope``/``intercept``, the number of
-    bins and ``level_span`` (max/min signal above bias: near 1, the fit is degenerate).
+    bins, ``level_span`` (max/min signal above bias: near 1, the fit is degenerate) and
+    ``reliable`` (reduced chi-square below 5 and a level span above 1.5).
     ``read_noise`` is None when the intercept is negative (an unknown bias, or a
     read noise too small to measure against the sky).
     """
@@ -340,11 +341,15 @@ def fit_poisson_gaussian(curve: dict[str, np.ndarray], *, bias: float = 0.0) -> 
     cov *= max(chi2, 1.0)  # inflate the errors when the model does not fit within them
     slope, intercept = coef
     gain = 1.0 / slope if slope > 0 else None
+    span = float(x.max() / max(x.min(), 1e-6))
     result = {
+        # A fit is trusted only when the line describes the bins (chi2) and the levels
+        # span enough range to separate gain from read noise.
+        "reliable": bool(slope > 0 and chi2 < 5.0 and span > 1.5),
         "slope": float(slope), "intercept": float(intercept), "reduced_chi2": chi2,
         "gain": gain, "gain_err": float(np.sqrt(cov[0, 0]) / slope**2) if gain else None,
         "read_noise": None, "read_noise_err": None, "n_bins": int(len(x)),
-        "level_span": float(x.max() / max(x.min(), 1e-6)), "bias": float(bias),
+        "level_span": span, "bias": float(bias),
     }
     if gain and intercept > 0:
         rn_adu = np.sqrt(intercept)
