@@ -20,7 +20,6 @@ rule predict:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=1,
     shell:
         "astrodenoise predict {input.image:q} --noise {input.noise:q} --model {input.model:q}"
         " --out-zarr {output.zarr:q} --out-fits {output.fits:q} --threads {threads}"

@@ -25,7 +25,6 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=1,
     shell:
         "astrodenoise train --method {wildcards.method} --images {input.images:q}"
         " --noise {input.noise:q} --fields {params.fields:q} --out {output.model:q}"
