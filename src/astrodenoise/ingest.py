@@ -263,17 +263,11 @@ def discover_exposures(path: str = "", *, sheet: str = "", sidecars: list[str] =
 
 
 def _group_from_headers(exposures: dict[str, dict[str, str]], hdu) -> None:
-    from astropy.io import fits
-
     from .register import group_by_header
 
     headers, shapes = {}, {}
     for name, entry in exposures.items():
-        try:
-            with fits.open(entry["path"]) as hdul:
-                header = io._merged_header(hdul, io._pick_image_hdu(hdul, Path(entry["path"]), hdu))
-        except (OSError, ValueError) as err:
-            raise io.InputError(entry["path"], f"header cannot be read for grouping ({err})") from err
+        header = io.read_fits_header(entry["path"], hdu=hdu)
         headers[name] = header
         shapes[name] = (int(header.get("ZNAXIS2", header.get("NAXIS2", 0))),
                         int(header.get("ZNAXIS1", header.get("NAXIS1", 0))))

@@ -34,6 +34,7 @@ __all__ = [
     "file_sha256",
     "read_fits_image",
     "read_fits_plane",
+    "read_fits_header",
     "write_fits_image",
     "write_zarr_image",
     "open_zarr_image",
@@ -213,6 +214,22 @@ def read_fits_image(
     if np.isnan(data).all():
         raise InputError(path, "image holds no valid pixel (all NaN or BLANK)")
     return data, header
+
+
+def read_fits_header(path: str | os.PathLike, *, hdu: int | str | None = None) -> fits.Header:
+    """Header of the image HDU that :func:`read_fits_image` would read, without its data.
+
+    Cheap (the data are not read), so the workflow can group thousands of exposures.
+    """
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with fits.open(path) as hdul:
+            return _merged_header(hdul, _pick_image_hdu(hdul, path, hdu))
+    except InputError:
+        raise
+    except (OSError, TypeError, ValueError) as err:
+        raise InputError(path, f"is not a readable FITS file ({err})") from err
 
 
 def read_fits_plane(path: str | os.PathLike, *, hdu: int | str | None = None,
