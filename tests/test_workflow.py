@@ -218,3 +218,33 @@ def test_config_edit_reruns_only_what_it_affects(demo_run, change, expected):
         config[section] = config.get(section, {}) | values
 
     assert _planned_jobs(workdir, config) == expected
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_nothing_complete_and_a_rerun_finishes(tmp_path):
+    import signal
+    import time
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(TINY | {"train": TINY["train"] | {"steps": 400}}))
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(config_file), "--cores", "2"]
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    train_log = tmp_path / "logs" / "train" / "tiny"
+    deadline = time.monotonic() + 300
+    while not (train_log.is_dir() and any(train_log.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # well inside training
+    os.killpg(run.pid, signal.SIGKILL)  # as a node failure or a scheduler kill would
+    run.wait()
+
+    models = list((tmp_path / "results" / "train" / "tiny").glob("*/model.pt"))
+    assert not models, f"a killed training left {models}"
+
+    # A killed Snakemake leaves its lock: the documented recovery is --unlock, then rerun.
+    subprocess.run(cmd + ["--unlock"], capture_output=True, text=True, timeout=120, check=True)
+    rerun = subprocess.run(cmd + ["--rerun-incomplete"], capture_output=True, text=True, timeout=900)
+
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (tmp_path / "results" / "report" / "tiny" / "report.html").is_file()
