@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from astropy.io import fits
 from astropy.wcs import WCS
 
 from astrodenoise import io
@@ -185,3 +186,19 @@ def test_predict_writes_fits_with_wcs_and_history_and_zarr(tmp_path, make_image,
     provenance = stored.attrs["provenance_predict"]
     assert provenance["model_sha256"] == io.file_sha256(tiny_checkpoint)[:16]
     assert provenance["input"] == str(store)
+
+
+def test_local_dask_cluster_gives_the_threaded_result(tmp_path, make_image, tiny_checkpoint):
+    image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=5).data
+    header = fits.Header({"BUNIT": "adu"})
+    io.write_zarr_image(tmp_path / "in.zarr", image, chunks=64, attrs={"fits_header": header.tostring()})
+    io.write_json(tmp_path / "noise.json", {"sky_level": SKY})
+    outputs = {}
+    for scheduler in ("threads", "local"):
+        config = PredictConfig(tile=64, device="cpu", workers=2, scheduler=scheduler)
+        predict(str(tmp_path / "in.zarr"), str(tmp_path / "noise.json"), str(tiny_checkpoint),
+                out_zarr=tmp_path / f"{scheduler}.zarr", out_fits=tmp_path / f"{scheduler}.fits",
+                config=config)
+        outputs[scheduler] = fits.getdata(tmp_path / f"{scheduler}.fits")
+
+    np.testing.assert_allclose(outputs["local"], outputs["threads"], rtol=1e-5, atol=1e-4 * SIGMA)

@@ -56,3 +56,36 @@ def test_slurm_run_equals_local_run(tmp_path):
         local_scores = json.loads((local / metrics).read_text())["scores"]
         slurm_scores = json.loads((cluster / metrics).read_text())["scores"]
         assert slurm_scores["n2n"]["psnr"] == pytest.approx(local_scores["n2n"]["psnr"], abs=1e-6)
+
+
+def test_predict_on_a_dask_jobqueue_slurm_cluster(tmp_path):
+    reason = _slurm_ready()
+    if reason:
+        pytest.skip(reason)
+    import dask
+
+    from astrodenoise import io
+    from astrodenoise.predict import PredictConfig, predict
+    from conftest import make_star_field, random_checkpoint
+
+    image = make_star_field((150, 203), sky=100.0, sigma=3.0, seed=5).data
+    io.write_zarr_image(tmp_path / "in.zarr", image, chunks=64,
+                        attrs={"fits_header": fits.Header().tostring()})
+    io.write_json(tmp_path / "noise.json", {"sky_level": 100.0})
+    checkpoint = random_checkpoint(tmp_path / "model.pt")
+    outputs = {}
+    # Site settings of dask-jobqueue, as a cluster's ~/.config/dask/jobqueue.yaml would give.
+    site = {"jobqueue.slurm.cores": 1, "jobqueue.slurm.memory": "1GB",
+            "jobqueue.slurm.queue": "debug", "jobqueue.slurm.walltime": "00:10:00",
+            "jobqueue.slurm.scheduler-options": {"host": "127.0.0.1"},
+            "jobqueue.slurm.log-directory": str(tmp_path / "logs")}
+    with dask.config.set(site):
+        for scheduler in ("threads", "slurm"):
+            config = PredictConfig(tile=64, device="cpu", workers=2, scheduler=scheduler)
+            predict(str(tmp_path / "in.zarr"), str(tmp_path / "noise.json"), str(checkpoint),
+                    out_zarr=tmp_path / f"{scheduler}.zarr", out_fits=tmp_path / f"{scheduler}.fits",
+                    config=config)
+            outputs[scheduler] = fits.getdata(tmp_path / f"{scheduler}.fits")
+
+    np.testing.assert_allclose(outputs["slurm"], outputs["threads"], rtol=1e-5, atol=1e-4)
+    assert list((tmp_path / "logs").glob("*"))  # the workers ran as SLURM jobs

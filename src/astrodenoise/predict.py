@@ -10,6 +10,7 @@ the checkpoint), never per tile. NaN pixels (no data) stay NaN.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -20,6 +21,7 @@ import dask
 import dask.array as da
 import numpy as np
 import torch
+from dask.diagnostics import ProgressBar
 
 from . import io
 from .io import load_checkpoint
@@ -34,6 +36,7 @@ __all__ = [
     "denoise_array",
     "predict_tiles",
     "predict",
+    "dask_scheduler",
 ]
 
 
@@ -45,12 +48,20 @@ class PredictConfig:
     ``workers`` the number of dask threads, each running the model on its own block;
     ``device`` ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; ``threads``
     the CPU cores to use in all (0: every core this process may run on).
+
+    ``scheduler`` says where the blocks run: ``"threads"`` (this process, ``workers``
+    threads), ``"local"`` (a dask.distributed LocalCluster of ``workers`` processes),
+    ``"slurm"`` (a dask-jobqueue SLURMCluster of ``workers`` single-worker jobs, whose
+    queue, account, memory and walltime come from the site's dask ``jobqueue.slurm``
+    config, not from here) or the address of a running scheduler (``"tcp://host:8786"``).
+    Workers need the checkpoint and the input on a shared filesystem.
     """
 
     tile: int = 512
     workers: int = 1
     device: str = "auto"
     threads: int = 0
+    scheduler: str = "threads"
 
     @classmethod
     def from_dict(cls, values: dict) -> PredictConfig:
@@ -114,7 +125,11 @@ def denoise_array(data: np.ndarray, model: UNet, *, offset: float, scale: float)
     return out.astype(np.float32)
 
 
-def _denoise_block(block: np.ndarray, *, checkpoint: str, device: str, offset: float) -> np.ndarray:
+def _denoise_block(block: np.ndarray, *, checkpoint: str, device: str, offset: float,
+                   torch_threads: int) -> np.ndarray:
+    # Set in the process that runs the block: a distributed worker is another process.
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
     model, scale = load_model(checkpoint, device)
     return denoise_array(block, model, offset=offset, scale=scale)
 
@@ -145,6 +160,7 @@ def predict_tiles(image: da.Array | np.ndarray, checkpoint: str, *, offset: floa
         _denoise_block, depth=overlap, boundary="none", trim=True,
         dtype=np.float32, meta=np.array((), dtype=np.float32),
         checkpoint=str(checkpoint), device=config.device, offset=float(offset),
+        torch_threads=compute_threads(config),
     )
 
 
@@ -179,6 +195,35 @@ def scheduler_options(config: PredictConfig) -> dict:
     return {"scheduler": "threads", "num_workers": config.workers}
 
 
+@contextlib.contextmanager
+def dask_scheduler(config: PredictConfig):
+    """Run the dask computations inside on the scheduler ``config.scheduler`` names."""
+    if config.scheduler == "threads":
+        with dask.config.set(scheduler_options(config)):
+            yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if config.scheduler == "local":
+        cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+    elif config.scheduler == "slurm":
+        from dask_jobqueue import SLURMCluster
+
+        cluster = SLURMCluster(processes=1)
+        cluster.scale(jobs=config.workers)
+    else:
+        cluster = None
+    try:
+        with Client(cluster if cluster is not None else config.scheduler) as client:
+            if cluster is not None:
+                client.wait_for_workers(config.workers, timeout=600)
+            yield client
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
 def predict(input_zarr: str, noise_json: str, checkpoint: str, *, out_zarr: str, out_fits: str,
             config: PredictConfig = PredictConfig()) -> None:
     """Denoise one ingested exposure; write a zarr store and a FITS file (both atomic).
@@ -189,9 +234,11 @@ def predict(input_zarr: str, noise_json: str, checkpoint: str, *, out_zarr: str,
     source = io.open_zarr_image(input_zarr)
     noise = io.read_json(noise_json)
     image = da.from_zarr(source)
-    with dask.config.set(scheduler_options(config)):
+    with dask_scheduler(config) as client:
         denoised = predict_tiles(image, checkpoint, offset=noise["sky_level"], config=config)
-        result = denoised.compute()
+        # Progress per block in the log (threads); a distributed run has its dashboard.
+        with contextlib.nullcontext() if client else ProgressBar(dt=5.0):
+            result = denoised.compute()
     model_hash = io.file_sha256(checkpoint)[:16]
     provenance = {
         "model": str(checkpoint), "model_sha256": model_hash, "code_version": code_version(),
