@@ -37,6 +37,8 @@ rule noise_survey:
         version=STEP_VERSIONS["noise"],
     log:
         "logs/noise/{survey}/survey.log",
+    benchmark:
+        "benchmarks/noise/{survey}/survey.tsv"
     resources:
         mem_mb=8000,
         runtime=30,

@@ -10,6 +10,8 @@ rule register:
         version=STEP_VERSIONS["register"],
     log:
         "logs/register/{survey}/{field}.log",
+    benchmark:
+        "benchmarks/register/{survey}/{field}.tsv"
     resources:
         mem_mb=8000,
         runtime=30,

@@ -23,6 +23,8 @@ rule report:
         version=STEP_VERSIONS["report"],
     log:
         "logs/report/{survey}.log",
+    benchmark:
+        "benchmarks/report/{survey}.tsv"
     resources:
         mem_mb=2000,
         runtime=10,
