@@ -36,6 +36,8 @@ from .provenance import code_version
 __all__ = [
     "TrainConfig",
     "Exposure",
+    "Normalisation",
+    "exposure_normalisation",
     "normalise",
     "n2v_mask",
     "train_model",
@@ -112,6 +114,97 @@ def normalise(data: np.ndarray, *, offset: float, scale: float) -> tuple[np.ndar
     nodata = ~np.isfinite(data)
     out = (np.where(nodata, offset, data) - offset) / scale
     return out.astype(np.float32), nodata
+
+
+def _anscombe_inverse(d: np.ndarray) -> np.ndarray:
+    """Closed-form approximation of the exact unbiased inverse of ``2 sqrt(z + 3/8)``
+    (Makitalo & Foi 2011): the ``z`` whose transform has expectation ``d`` under Poisson
+    noise. The algebraic inverse ``d**2/4 - 3/8`` is biased low by about 1/4 count."""
+    d = np.maximum(d, 1.0)  # the series diverges below ~1 (a few counts), far below any sky
+    r = np.sqrt(1.5)
+    return np.maximum(d**2 / 4 + r / (4 * d) - 11 / (8 * d**2) + 5 * r / (8 * d**3) - 1 / 8, 0.0)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Global, invertible map between one exposure's data and the network's domain.
+
+    ``kind="linear"``: ``u = (x - offset) / scale``, the survey sigma as ``scale``.
+
+    ``kind="gat"``: the generalised Anscombe transform for Poisson-Gaussian noise,
+    ``f(x) = 2 sqrt(gain (x - offset) + (gain sigma)**2 + 3/8)`` and ``u = f(x) - f(offset)``.
+    ``gain (x - offset) + (gain sigma)**2`` is the signal in electrons plus the read-noise
+    variance, built from the sky level and the blank-sky ``sigma`` of the exposure, so it
+    holds for sky-subtracted or bias-free data alike and needs no read noise. The noise of
+    ``u`` is about 1 at every brightness, so an MSE loss weighs sky and stars alike, and a
+    star thousands of sigma bright spans only about sqrt(thousands) units. The inverse is
+    the unbiased one (:func:`_anscombe_inverse`), which keeps the sky level, hence the
+    aperture flux of faint sources, unbiased.
+
+    Attributes
+    ----------
+    kind : "linear" or "gat"
+    offset : sky level, data units (ADU)
+    scale : "linear": data units per network unit; "gat": blank-sky sigma, data units
+    gain : e-/ADU ("gat" only)
+    """
+
+    kind: str
+    offset: float
+    scale: float
+    gain: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("linear", "gat"):
+            raise ValueError(f"normalisation kind {self.kind!r} unknown; use 'linear' or 'gat'")
+        if self.kind == "gat" and not self.gain > 0:
+            raise ValueError("the generalised Anscombe transform needs a positive gain")
+
+    @property
+    def _pedestal(self) -> float:
+        """Electrons plus read-noise variance at the sky level."""
+        return (self.gain * self.scale) ** 2
+
+    def forward(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map (ny, nx) data in ADU (NaN = no data) to the network domain.
+
+        Returns the float32 image, with no-data pixels set to the sky (0), and the bool
+        no-data mask (True = no data).
+        """
+        nodata = ~np.isfinite(data)
+        x = np.where(nodata, self.offset, data).astype(np.float64)
+        if self.kind == "linear":
+            return ((x - self.offset) / self.scale).astype(np.float32), nodata
+        z = self.gain * (x - self.offset) + self._pedestal + 3 / 8
+        out = 2 * np.sqrt(np.maximum(z, 0.0)) - 2 * np.sqrt(self._pedestal + 3 / 8)
+        return out.astype(np.float32), nodata
+
+    def inverse(self, image: np.ndarray) -> np.ndarray:
+        """Map network-domain values back to data units (float32, ADU)."""
+        u = np.asarray(image, dtype=np.float64)
+        if self.kind == "linear":
+            return (u * self.scale + self.offset).astype(np.float32)
+        electrons = _anscombe_inverse(u + 2 * np.sqrt(self._pedestal + 3 / 8))
+        return ((electrons - self._pedestal) / self.gain + self.offset).astype(np.float32)
+
+
+def exposure_normalisation(stats: dict, noise: dict) -> Normalisation:
+    """The normalisation of one exposure under a checkpoint's survey-wide settings.
+
+    Parameters
+    ----------
+    stats : ``checkpoint["normalisation"]``; checkpoints without ``kind`` are linear
+    noise : the exposure's noise JSON (``sky_level``, ``sigma``, ``header_gain``)
+
+    Use it at prediction as ``norm.forward(data)``, the model on the result, then
+    ``norm.inverse(output)``.
+    """
+    kind = stats.get("kind", "linear")
+    if kind == "linear":
+        return Normalisation("linear", offset=float(noise["sky_level"]), scale=float(stats["scale"]))
+    gain = noise.get("header_gain") or stats["gain"]
+    return Normalisation("gat", offset=float(noise["sky_level"]), scale=float(noise["sigma"]),
+                         gain=float(gain))
 
 
 def n2v_mask(shape: tuple[int, int, int], *, fraction: float, neighbourhood: int,
