@@ -1,0 +1,241 @@
+"""Benchmark: denoising quality of the trained networks against classical denoisers.
+
+Scores the self-supervised networks (Noise2Noise, Noise2Void) and the baselines of
+:mod:`astrodenoise.baselines` (Gaussian smoothing, non-local means and BM3D on the
+generalised-Anscombe-transformed image) on the same single exposures of the demo
+survey, in one run, and writes ``benchmarks/quality_results.json`` and ``.md``.
+
+    .venv/bin/snakemake --cores 2                   # simulate, noise, train the demo survey
+    .venv/bin/python benchmarks/quality.py          # score results/train/demo/*/model.pt
+    .venv/bin/python benchmarks/quality.py --model n2v=other.pt --out /tmp/q
+
+Metrics (per exposure; the table shows the mean over exposures, or the pooled median):
+
+- ``psnr``: 10 log10(range^2 / MSE) against the noise-free truth, range = max - min of
+  the truth, all pixels (evaluate.psnr). Cosmic rays (in the input, not in the truth)
+  dominate the input's MSE, so a method that removes them wins here by that alone.
+- ``psnr_clean``: the same over pixels not hit by a cosmic ray. Hit pixels are those
+  where ``input - truth`` exceeds 8 times the local noise (sqrt(sigma^2 + signal/gain)),
+  grown by 2 pixels; the same pixels are left out for every method.
+- ``ssim``: structural similarity against the truth (scikit-image, same range).
+- ``rms_ratio``: robust RMS (MAD) of ``input - background`` over blank sky divided by
+  that of ``image - background`` (evaluate.blank_sky_rms; background and blank-sky mask
+  from the input, as the evaluate step does).
+- ``bias_bright`` / ``bias_faint``: median of ``(F - F_true) / F_true`` over the
+  catalogue sources with true-flux S/N > 50 / between 5 and 20, pooled over all
+  exposures. ``F`` is the aperture sum (radius = PSF FWHM) of ``image - background``,
+  ``F_true`` that of ``truth - background``; S/N from the true aperture flux, the
+  blank-sky sigma and the gain. ``se_*`` is its bootstrap standard error. The noisy
+  input's own bias shows what the metric reads for a perfect (identity) method.
+- ``change_bright`` / ``change_faint``: median of ``(F - F_input) / F_true``: the
+  change of flux the method itself makes, free of the input's noise.
+- ``detections``: 5-sigma detections in source-free sky, summed over exposures. The
+  image minus background is smoothed with a Gaussian of the PSF FWHM (matched filter);
+  sigma is the robust RMS of that smoothed image over source-free sky, measured on the
+  same image; a detection is a group of at least 5 connected pixels above 5 sigma.
+  Source-free sky: pixels where the truth minus its background is below 2% of the
+  blank-sky sigma, shrunk by 3 pixels. ``new_detections`` = detections - the input's.
+- ``seconds``: wall time of the denoiser per exposure (training time excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from astropy.stats import mad_std
+from astropy.table import Table
+from photutils.segmentation import detect_sources
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+from astrodenoise import io
+from astrodenoise.baselines import DENOISERS, NoiseModel
+from astrodenoise.evaluate import aperture_fluxes, blank_sky_rms, psnr
+from astrodenoise.model import UNet, UNetConfig
+from astrodenoise.noise import estimate_background, source_mask
+from astrodenoise.train import exposure_normalisation
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict) -> np.ndarray:
+    """Whole-image prediction of a trained checkpoint (ADU in, ADU out, NaN kept)."""
+    model = UNet(UNetConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    norm = exposure_normalisation(checkpoint["normalisation"], noise)
+    image, nodata = norm.forward(data)
+    step = 2**model.n_pool
+    ny, nx = image.shape
+    padded = np.pad(image, ((0, -ny % step), (0, -nx % step)), mode="reflect")
+    with torch.inference_mode():
+        out = model.eval()(torch.from_numpy(padded)[None, None])[0, 0, :ny, :nx].numpy()
+    out = norm.inverse(out)
+    out[nodata] = np.nan
+    return out
+
+
+def cosmic_ray_pixels(data, truth, noise: NoiseModel) -> np.ndarray:
+    """Bool (ny, nx), True where a cosmic ray hit (input far above the truth), grown 2 px."""
+    variance = noise.sigma**2 + np.clip(truth - noise.sky, 0, None) / (noise.gain or np.inf)
+    return ndimage.binary_dilation((data - truth) / np.sqrt(variance) > 8, iterations=2)
+
+
+def source_free_sky(truth, sigma: float) -> np.ndarray:
+    """Bool (ny, nx), True on sky with no source light above 2% of the noise."""
+    background, _ = estimate_background(truth)
+    free = (truth - background) < 0.02 * sigma
+    return ndimage.binary_erosion(free, iterations=3)
+
+
+def count_detections(image, background, free, fwhm: float) -> int:
+    """5-sigma matched-filter detections of >= 5 pixels inside ``free`` (True = counted)."""
+    smoothed = ndimage.gaussian_filter(np.nan_to_num(image - background), fwhm / 2.3548)
+    rms = mad_std(smoothed[free])
+    segments = detect_sources(np.where(free, smoothed, 0.0), 5 * rms, n_pixels=5)
+    return 0 if segments is None else int(segments.n_labels)
+
+
+def score(image, ctx: dict) -> dict:
+    """All per-exposure metrics of one image (see the module docstring)."""
+    truth, clean = ctx["truth"], ~ctx["cr"]
+    data_range = float(truth.max() - truth.min())
+    filled = np.where(np.isfinite(image), image, truth)
+    flux = aperture_fluxes(image - ctx["background"], ctx["positions"], radius=ctx["radius"])
+    return {
+        "psnr": psnr(image, truth),
+        "psnr_clean": psnr(np.where(clean, image, np.nan), truth),
+        "ssim": float(structural_similarity(filled, truth, data_range=data_range)),
+        "rms_blank": blank_sky_rms(image, background=ctx["background"], mask=ctx["mask"]),
+        "flux": flux,
+        "detections": count_detections(image, ctx["background"], ctx["free"], ctx["fwhm"]),
+    }
+
+
+def exposure_context(raw: Path, noise_json: Path, truth_fits: Path, catalog: Path) -> dict:
+    """Everything shared by the methods on one exposure: data, truth, masks, apertures."""
+    data = io.read_fits_image(raw)[0].astype(np.float32)
+    truth = io.read_fits_image(truth_fits)[0].astype(np.float64)
+    measured = io.read_json(noise_json)
+    noise = NoiseModel.from_noise_json(measured)
+    background, rms = estimate_background(data)
+    table = Table.read(catalog, format="ascii.ecsv")
+    fwhm = float(table.meta["fwhm_pix"])
+    positions = np.column_stack([table["x"], table["y"]])
+    radius = max(1.5, fwhm)
+    reference = aperture_fluxes(truth - background, positions, radius=radius)
+    variance = np.pi * radius**2 * noise.sigma**2 + np.clip(reference, 0, None) / (noise.gain or np.inf)
+    return {"data": data, "truth": truth, "noise": noise, "measured": measured,
+            "background": background, "mask": source_mask(data, background, rms),
+            "cr": cosmic_ray_pixels(data, truth, noise), "free": source_free_sky(truth, noise.sigma),
+            "fwhm": fwhm, "positions": positions, "radius": radius, "reference": reference,
+            "snr": reference / np.sqrt(variance)}
+
+
+def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float | None, float | None]:
+    if not len(values):
+        return None, None
+    boot = [np.median(rng.choice(values, len(values))) for _ in range(400)]
+    return float(np.median(values)), float(np.std(boot))
+
+
+def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]) -> dict:
+    """Means over exposures and pooled photometry medians per method."""
+    rng = np.random.default_rng(0)
+    snr = np.concatenate([c["snr"] for c in contexts])
+    ref = np.concatenate([c["reference"] for c in contexts])
+    flux_in = np.concatenate([e["input"]["flux"] for e in per_exposure])
+    classes = {"bright": (snr > 50) & (ref > 0), "faint": (snr > 5) & (snr < 20) & (ref > 0)}
+    summary = {}
+    for m in methods:
+        rows = [e[m] for e in per_exposure]
+        flux = np.concatenate([r["flux"] for r in rows])
+        out = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "psnr_clean", "ssim", "seconds")}
+        out["rms_ratio"] = float(np.mean([e["input"]["rms_blank"] / e[m]["rms_blank"] for e in per_exposure]))
+        out["detections"] = int(sum(r["detections"] for r in rows))
+        out["new_detections"] = out["detections"] - int(sum(e["input"]["detections"] for e in per_exposure))
+        for name, pick in classes.items():
+            out[f"bias_{name}"], out[f"se_{name}"] = _median_and_se(
+                (flux[pick] - ref[pick]) / ref[pick], rng)
+            out[f"change_{name}"] = float(np.median((flux[pick] - flux_in[pick]) / ref[pick]))
+            out[f"n_{name}"] = int(pick.sum())
+        summary[m] = out
+    return summary
+
+
+def markdown(summary: dict, meta: dict) -> str:
+    """The summary as a markdown table (biases in percent)."""
+    lines = [f"# Denoising quality on the {meta['survey']} survey ({meta['n_exposures']} single exposures)",
+             "", "Metric definitions: module docstring of benchmarks/quality.py.", "",
+             "| method | PSNR dB | PSNR clean dB | SSIM | RMS ratio | bright bias % | faint bias % "
+             "| bright change % | faint change % | 5σ det. (new) | s/exposure |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m, s in summary.items():
+        lines.append(
+            f"| {m} | {s['psnr']:.2f} | {s['psnr_clean']:.2f} | {s['ssim']:.4f} | {s['rms_ratio']:.2f} "
+            f"| {100 * s['bias_bright']:+.2f} ± {100 * s['se_bright']:.2f} "
+            f"| {100 * s['bias_faint']:+.2f} ± {100 * s['se_faint']:.2f} "
+            f"| {100 * s['change_bright']:+.2f} | {100 * s['change_faint']:+.2f} "
+            f"| {s['detections']} ({s['new_detections']:+d}) | {s['seconds']:.2f} |")
+    n = next(iter(summary.values()))
+    lines += ["", f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
+              "(5 < S/N < 20).", "", f"Models: {meta['models']}", ""]
+    return "\n".join(lines)
+
+
+def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str]) -> tuple[dict, dict]:
+    """Score the input, every model and every baseline on every exposure of ``survey``."""
+    sim = results / "simulate" / survey
+    checkpoints = {m: io.load_checkpoint(p) for m, p in models.items()}
+    per_exposure, contexts = [], []
+    for raw in sorted((sim / "raw").glob("*.fits")):
+        field = raw.stem.rsplit("_", 1)[0]
+        ctx = exposure_context(raw, results / "noise" / survey / f"{raw.stem}.json",
+                               sim / "truth" / f"{field}.fits", sim / "catalog" / f"{field}.ecsv")
+        denoisers = {"input": lambda d, c: d}
+        denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["measured"], ck))
+                      for m, ck in checkpoints.items()}
+        denoisers |= {b: (lambda d, c, b=b: DENOISERS[b](d, c["noise"])) for b in baselines}
+        row = {}
+        for name, fn in denoisers.items():
+            start = time.perf_counter()
+            image = fn(ctx["data"], ctx)
+            row[name] = score(image, ctx) | {"seconds": time.perf_counter() - start}
+            print(f"{raw.stem} {name}: psnr_clean {row[name]['psnr_clean']:.2f}", flush=True)
+        per_exposure.append(row)
+        contexts.append(ctx)
+    methods = list(per_exposure[0])
+    meta = {"survey": survey, "n_exposures": len(per_exposure),
+            "models": {m: str(p) for m, p in models.items()},
+            "model_steps": {m: ck.get("best_step") for m, ck in checkpoints.items()}}
+    return summarise(per_exposure, contexts, methods), meta
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="workflow results folder")
+    parser.add_argument("--survey", default="demo")
+    parser.add_argument("--model", nargs="*", default=[], metavar="METHOD=PT",
+                        help="checkpoints (default: results/train/<survey>/{n2n,n2v}/model.pt)")
+    parser.add_argument("--baselines", nargs="*", default=list(DENOISERS))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality_results",
+                        help="output path without suffix (.json and .md are written)")
+    args = parser.parse_args(argv)
+    models = dict(item.split("=", 1) for item in args.model) or {
+        m: args.results / "train" / args.survey / m / "model.pt" for m in ("n2n", "n2v")}
+    models = {m: Path(p) for m, p in models.items() if Path(p).exists()}
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    summary, meta = run(args.results, args.survey, models, args.baselines)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2) + "\n")
+    table = markdown(summary, meta)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
