@@ -15,8 +15,10 @@ from astrodenoise.predict import (
     _device,
     compute_threads,
     denoise_array,
+    denoise_with_uncertainty,
     load_model,
     predict,
+    predict_planes,
     predict_tiles,
     tile_overlap,
 )
@@ -202,3 +204,127 @@ def test_local_dask_cluster_gives_the_threaded_result(tmp_path, make_image, tiny
         outputs[scheduler] = fits.getdata(tmp_path / f"{scheduler}.fits")
 
     np.testing.assert_allclose(outputs["local"], outputs["threads"], rtol=1e-5, atol=1e-4 * SIGMA)
+
+
+def _write_input(tmp_path, image, header=None):
+    header = header if header is not None else fits.Header({"BUNIT": "adu"})
+    store = tmp_path / "in.zarr"
+    io.write_zarr_image(store, image, chunks=64, attrs={"fits_header": header.tostring()})
+    io.write_json(tmp_path / "noise.json", {"sky_level": SKY})
+    return str(store), str(tmp_path / "noise.json")
+
+
+def test_tiled_uncertainty_equals_whole_image(make_image, tiny_checkpoint):
+    image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=11).data.copy()
+    image[30, 40] = np.nan
+    model, scale = load_model(str(tiny_checkpoint), "cpu")
+    mean, err = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
+
+    planes = predict_planes(image, str(tiny_checkpoint), offset=SKY,
+                            config=PredictConfig(tile=64, device="cpu", uncertainty=True))
+    tiled_mean, tiled_err = planes.compute(scheduler="sync")
+
+    np.testing.assert_allclose(tiled_mean, mean, rtol=1e-5, atol=1e-4 * SIGMA)
+    np.testing.assert_allclose(tiled_err, err, rtol=1e-4, atol=1e-4 * SIGMA)
+    assert np.isnan(tiled_err[30, 40]) and np.isnan(tiled_mean[30, 40])
+    assert np.nanmin(err) >= 0 and np.nanmean(err) > 0
+
+
+def test_uncertainty_mean_is_close_to_plain_prediction(make_image, tiny_checkpoint):
+    image = make_image((64, 64), sky=SKY, sigma=SIGMA, seed=12).data
+    model, scale = load_model(str(tiny_checkpoint), "cpu")
+    plain = denoise_array(image, model, offset=SKY, scale=scale)
+
+    mean, err = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
+
+    # A random network is not equivariant, but each copy lies within a few spreads.
+    assert np.abs(plain - mean).max() <= 3 * np.sqrt(8) * err.max()
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_reduced_precision_stays_close_to_float32(make_image, tiny_checkpoint, precision):
+    image = make_image((64, 96), sky=SKY, sigma=SIGMA, seed=13).data
+    model, scale = load_model(str(tiny_checkpoint), "cpu")
+    exact = denoise_array(image, model, offset=SKY, scale=scale)
+
+    reduced = denoise_array(image, model, offset=SKY, scale=scale, precision=precision)
+
+    assert reduced.dtype == np.float32
+    np.testing.assert_allclose(reduced, exact, rtol=2e-2, atol=0.05 * SIGMA)
+
+
+def test_unknown_precision_is_rejected():
+    with pytest.raises(ValueError, match="precision"):
+        PredictConfig(precision="int8")
+
+
+def test_predict_writes_err_extension_and_zarr_array(tmp_path, make_image, make_header,
+                                                     tiny_checkpoint):
+    image = make_image((96, 112), sky=SKY, sigma=SIGMA, seed=14).data
+    header = make_header(image.shape, BUNIT="adu")
+    store, noise_json = _write_input(tmp_path, image, header)
+    config = PredictConfig(tile=64, device="cpu", uncertainty=True)
+
+    predict(store, noise_json, str(tiny_checkpoint), out_zarr=str(tmp_path / "d.zarr"),
+            out_fits=str(tmp_path / "d.fits"), config=config)
+
+    model, scale = load_model(str(tiny_checkpoint), "cpu")
+    mean, err = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
+    with fits.open(tmp_path / "d.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "ERR"]
+        np.testing.assert_allclose(hdul[0].data, mean, rtol=1e-5, atol=1e-4 * SIGMA)
+        np.testing.assert_allclose(hdul["ERR"].data, err, rtol=1e-4, atol=1e-4 * SIGMA)
+        assert hdul["ERR"].header["BUNIT"] == "adu"
+        assert WCS(hdul["ERR"].header).has_celestial
+    stored = io.open_zarr_array(tmp_path / "d.zarr", "err")
+    np.testing.assert_array_equal(stored[...], fits.getdata(tmp_path / "d.fits", "ERR"))
+
+
+def test_predict_zarr_shards_are_the_tiles(tmp_path, make_image, tiny_checkpoint):
+    image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=15).data
+    store, noise_json = _write_input(tmp_path, image)
+
+    predict(store, noise_json, str(tiny_checkpoint), out_zarr=str(tmp_path / "d.zarr"),
+            out_fits=str(tmp_path / "d.fits"), config=PredictConfig(tile=64, device="cpu", workers=2))
+
+    stored = io.open_zarr_image(tmp_path / "d.zarr")
+    assert stored.shards == (64, 64)
+    # Every pixel arrived (a write smaller than a shard could silently lose some).
+    np.testing.assert_array_equal(stored[...], fits.getdata(tmp_path / "d.fits"))
+    assert np.isfinite(stored[...]).all()
+
+
+def test_predict_removes_temporaries_of_a_killed_run(tmp_path, make_image, tiny_checkpoint):
+    image = make_image((64, 64), sky=SKY, sigma=SIGMA, seed=16).data
+    store, noise_json = _write_input(tmp_path, image)
+    stale = tmp_path / ".d.fits.abc123.tmp"
+    stale.mkdir()
+    (stale / "d.fits").write_bytes(b"half")
+
+    predict(store, noise_json, str(tiny_checkpoint), out_zarr=str(tmp_path / "d.zarr"),
+            out_fits=str(tmp_path / "d.fits"), config=PredictConfig(tile=64, device="cpu"))
+
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def _model_loads() -> int:
+    from astrodenoise.predict import load_model as worker_load_model
+
+    return worker_load_model.cache_info().misses
+
+
+def test_distributed_workers_load_the_model_once_each(make_image, tiny_checkpoint):
+    from distributed import Client, LocalCluster
+
+    image = make_image((256, 256), sky=SKY, sigma=SIGMA, seed=17).data
+    config = PredictConfig(tile=64, device="cpu")
+    tiled = predict_tiles(image, str(tiny_checkpoint), offset=SKY, config=config)
+    assert tiled.npartitions == 16
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        tiled.compute()
+        loads = client.run(_model_loads)
+
+    assert sorted(loads.values()) in ([1, 1], [0, 1])  # one load per worker that ran blocks

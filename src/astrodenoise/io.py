@@ -36,7 +36,11 @@ __all__ = [
     "read_fits_plane",
     "read_fits_header",
     "write_fits_image",
+    "FitsImageRegion",
+    "create_fits_image",
     "write_zarr_image",
+    "create_zarr_image",
+    "remove_stale_temporaries",
     "open_zarr_image",
     "open_zarr_array",
     "header_from_attrs",
@@ -79,6 +83,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that :func:`atomic_path` left beside ``path`` when its
+    process was killed (``finally`` never ran); return what was removed.
+
+    A killed survey-scale run can leave gigabytes behind. Call this only where no
+    other process writes ``path`` at the same time (one job per output, as in Snakemake).
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stale
 
 
 def file_sha256(path: str | os.PathLike, *, block: int = 1 << 20) -> str:
@@ -278,6 +296,112 @@ def write_fits_image(
         hdu.writeto(tmp, output_verify="silentfix")
 
 
+_FITS_BLOCK = 2880  # FITS headers and data are padded to whole 2880-byte blocks
+
+
+class FitsImageRegion:
+    """Write rectangles of one float32 image HDU of an existing FITS file, in place.
+
+    Supports ``region[y0:y1, x0:x1] = values`` (the ``dask.array.store`` protocol) with
+    plain slices. Each row is written with ``os.pwrite`` at its offset in the file, so
+    neither the image nor a memory map of it is ever held in memory, and concurrent
+    writes of disjoint rectangles (threads or processes) are safe. Holds only the path
+    and offsets, so it pickles to dask.distributed workers.
+    """
+
+    def __init__(self, path: str | os.PathLike, offset: int, shape: tuple[int, int]):
+        self.path = str(path)
+        self.offset = int(offset)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __setitem__(self, key: tuple[slice, slice], values: np.ndarray) -> None:
+        (y0, y1), (x0, x1) = (_slice_bounds(k, n) for k, n in zip(key, self.shape, strict=True))
+        # FITS stores big-endian IEEE floats, rows of NAXIS1 pixels.
+        rows = np.ascontiguousarray(np.broadcast_to(values, (y1 - y0, x1 - x0)), dtype=">f4")
+        nx = self.shape[1]
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            if x0 == 0 and x1 == nx:  # whole rows: one contiguous write
+                os.pwrite(fd, rows.tobytes(), self.offset + 4 * y0 * nx)
+                return
+            for i, row in enumerate(rows):
+                os.pwrite(fd, row.tobytes(), self.offset + 4 * ((y0 + i) * nx + x0))
+        finally:
+            os.close(fd)
+
+
+def _slice_bounds(key: slice, length: int) -> tuple[int, int]:
+    start, stop, step = key.indices(length)
+    if step != 1:
+        raise ValueError("FitsImageRegion writes need slices with step 1")
+    return start, stop
+
+
+def _output_header(header: fits.Header, history: list[str] = ()) -> fits.Header:
+    """Copy of ``header`` without the cards that describe the data layout, plus HISTORY."""
+    header = header.copy()
+    for key in ("BSCALE", "BZERO", "BLANK", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2",
+                "SIMPLE", "XTENSION", "EXTEND", "PCOUNT", "GCOUNT", "EXTNAME"):
+        header.remove(key, ignore_missing=True)
+    for line in history:
+        header.add_history(line)
+    return header
+
+
+def create_fits_image(
+    path: str | os.PathLike,
+    shape: tuple[int, int],
+    header: fits.Header,
+    *,
+    history: list[str] = (),
+    extensions: dict[str, fits.Header] | None = None,
+) -> list[FitsImageRegion]:
+    """Create a FITS file of float32 images of ``shape`` whose pixels are written later.
+
+    The primary HDU gets ``header`` (copied, as :func:`write_fits_image` does) plus
+    HISTORY cards; each item of ``extensions`` adds an image extension ``EXTNAME`` with
+    that header. Pixels start at 0.0 (a sparse file: nothing is allocated in memory or
+    on disk). Once every pixel is written through the returned regions, the file has
+    the same bytes as ``HDUList.writeto`` would give. Not atomic by itself: create it
+    inside :func:`atomic_path`.
+
+    Parameters
+    ----------
+    path : where to create the file (overwritten)
+    shape : (ny, nx) of every image
+    header : cards of the primary HDU (WCS, SIP, observation keywords)
+    history : HISTORY lines added to the primary header
+    extensions : ``{EXTNAME: header}`` of further float32 images of the same shape
+
+    Returns
+    -------
+    list of FitsImageRegion, the primary image first, then the extensions in order.
+    """
+    # A zero-stride view: astropy derives BITPIX/NAXISn from it without any memory.
+    empty = np.broadcast_to(np.float32(0), tuple(shape))
+    hdus = [fits.PrimaryHDU(data=empty, header=_output_header(header, history))]
+    for name, ext_header in (extensions or {}).items():
+        hdus.append(fits.ImageHDU(data=empty, header=_output_header(ext_header), name=name))
+    hdulist = fits.HDUList(hdus)
+    hdulist.verify("silentfix")
+    hdulist.update_extend()
+    data_bytes = 4 * shape[0] * shape[1]
+    padded = -(-data_bytes // _FITS_BLOCK) * _FITS_BLOCK
+    regions, offset = [], 0
+    with open(path, "wb") as handle:
+        for hdu in hdus:
+            hdu.update_header()
+            text = hdu.header.tostring().encode("ascii")
+            handle.seek(offset)
+            handle.write(text)
+            regions.append(FitsImageRegion(path, offset + len(text), shape))
+            offset += len(text) + padded
+        handle.truncate(offset)
+    return regions
+
+
 def write_zarr_image(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -304,6 +428,43 @@ def write_zarr_image(
                                       chunks=chunk_shape, fill_value=fill)
             array[...] = values
         root[name].attrs.update(attrs)
+
+
+def _inner_chunk(shard: int, *, limit: int = 512) -> int:
+    """Largest halving of ``shard`` that is at most ``limit`` (inner chunks must divide shards)."""
+    chunk = shard
+    while chunk > limit and chunk % 2 == 0:
+        chunk //= 2
+    return chunk
+
+
+def create_zarr_image(
+    path: str | os.PathLike,
+    shape: tuple[int, int],
+    *,
+    shard: int,
+    attrs: dict[str, Any],
+    names: tuple[str, ...] = ("image",),
+) -> list[zarr.Array]:
+    """Create a zarr v3 store of empty, sharded float32 arrays whose pixels are written later.
+
+    Each array is split into ``shard`` x ``shard`` shards (one file each) of inner chunks
+    of at most 512 pixels a side; unwritten pixels read as NaN. Write whole shards only,
+    each by one writer: a parallel write smaller than a shard can silently lose data.
+    ``attrs`` go on the first array. Not atomic by itself: create it inside
+    :func:`atomic_path`.
+
+    Returns
+    -------
+    list of zarr.Array, one per name, in order.
+    """
+    shard_shape = (min(shard, shape[0]), min(shard, shape[1]))
+    chunk_shape = tuple(_inner_chunk(n) for n in shard_shape)
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    arrays = [root.create_array(name, shape=tuple(shape), dtype=np.float32, shards=shard_shape,
+                                chunks=chunk_shape, fill_value=np.nan) for name in names]
+    arrays[0].attrs.update(attrs)
+    return arrays
 
 
 def open_zarr_array(path: str | os.PathLike, name: str) -> zarr.Array | None:
