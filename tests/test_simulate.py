@@ -9,13 +9,15 @@ import pytest
 from astropy.table import Table
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from astrodenoise import io
+from astrodenoise import io, simulate
+from astrodenoise.cli import main
 from astrodenoise.simulate import (
     SimulationConfig,
     exposure_names,
     moffat_psf,
     simulate_exposure,
     write_demo_survey,
+    write_mosaic,
 )
 
 SMALL = SimulationConfig(n_fields=2, n_exposures=2, size=64, seed=3, cosmic_rays_per_mpix=0.0)
@@ -247,3 +249,106 @@ def test_from_dict_rejects_unknown_keys():
 
 def test_from_dict_turns_mag_range_into_tuple():
     assert SimulationConfig.from_dict({"mag_range": [18, 22]}).mag_range == (18, 22)
+
+
+MOSAIC = SimulationConfig(size=300, seed=5, star_density=200.0, galaxy_density=100.0)
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    """A 300^2 mosaic written in 128-row bands, with FITS copies."""
+    root = tmp_path_factory.mktemp("mosaic")
+    catalogue = write_mosaic(root, MOSAIC, name="m", chunk=128, fits_too=True)
+    return root, catalogue
+
+
+def _mosaic_arrays(root, name="m"):
+    return (io.open_zarr_image(root / "raw" / f"{name}.zarr")[...],
+            io.open_zarr_image(root / "truth" / f"{name}.zarr")[...])
+
+
+def test_mosaic_zarr_is_sharded_by_chunk_and_equals_fits(mosaic):
+    root, _ = mosaic
+    raw, truth = _mosaic_arrays(root)
+
+    assert io.open_zarr_image(root / "raw" / "m.zarr").shards == (128, 128)
+    assert raw.shape == truth.shape == (300, 300) and raw.dtype == np.float32
+    assert np.isfinite(raw).all() and np.isfinite(truth).all()
+    np.testing.assert_array_equal(io.read_fits_image(root / "raw" / "m.fits")[0], raw)
+    np.testing.assert_array_equal(io.read_fits_image(root / "truth" / "m.fits")[0], truth)
+    assert sorted(p.name for p in root.rglob(".*")) == []  # no temporaries left
+
+
+def test_mosaic_header_is_ingest_like_with_wcs(mosaic):
+    root, _ = mosaic
+    header = io.header_from_attrs(io.open_zarr_image(root / "raw" / "m.zarr").attrs)
+
+    assert header["GAIN"] == MOSAIC.gain and header["OBJECT"] == "m"
+    np.testing.assert_allclose(proj_plane_pixel_scales(io.celestial_wcs(header)) * 3600,
+                               [MOSAIC.pixel_scale] * 2, rtol=1e-9)
+
+
+def test_mosaic_blank_sky_noise_matches_gain_and_read_noise(mosaic):
+    root, catalogue = mosaic
+    raw, truth = _mosaic_arrays(root)
+    blank = truth < catalogue.meta["sky_adu"] * 1.02
+
+    residual = (raw - truth)[blank].astype(np.float64)
+    expected = np.sqrt(np.mean(truth[blank] * MOSAIC.gain + MOSAIC.read_noise**2)) / MOSAIC.gain
+
+    robust = 1.4826 * np.median(np.abs(residual - np.median(residual)))  # cosmic rays clipped
+    assert robust == pytest.approx(expected, rel=0.05)
+
+
+def test_mosaic_truth_peaks_at_the_brightest_star(mosaic):
+    root, catalogue = mosaic
+    _, truth = _mosaic_arrays(root)
+    inside = (catalogue["x"] > 30) & (catalogue["x"] < 270) & (catalogue["y"] > 30) & (catalogue["y"] < 270)
+    stars = catalogue[(catalogue["type"] == "star") & inside]
+    star = stars[np.argmin(stars["mag"])]
+    ix, iy = int(round(star["x"])), int(round(star["y"]))
+
+    box = truth[iy - 5:iy + 6, ix - 5:ix + 6]
+    assert box.argmax() == np.ravel_multi_index((5, 5), box.shape)
+    assert np.allclose(np.asarray(catalogue["x"]) * 5, np.round(np.asarray(catalogue["x"]) * 5))
+
+
+@pytest.mark.parametrize("kind", ["star", "galaxy"])
+def test_mosaic_band_renders_each_source_with_its_flux(mosaic, kind):
+    _, catalogue = mosaic
+    banks = simulate._stamp_banks(MOSAIC, np.random.default_rng(0))
+    source = catalogue[catalogue["type"] == kind][:1]
+    source["x"], source["y"] = source["x"] % 1 + 150, source["y"] % 1 + 150
+
+    band = simulate.render_mosaic_band(source, banks, MOSAIC, rows=(40, 260), sky_adu=0.0,
+                                       gradient=(0.0, 0.0))
+
+    assert band.sum() == pytest.approx(source["flux"][0], rel=0.01)
+    peak = np.unravel_index(band.argmax(), band.shape)
+    assert abs(peak[0] + 40 - 150) <= 1 and abs(peak[1] - 150) <= 1
+
+
+def test_mosaic_truth_does_not_depend_on_the_chunk(tmp_path, mosaic):
+    root, catalogue = mosaic
+
+    other = write_mosaic(tmp_path, MOSAIC, name="m", chunk=64)
+
+    np.testing.assert_array_equal(_mosaic_arrays(tmp_path)[1], _mosaic_arrays(root)[1])
+    assert len(other) == len(catalogue) and np.array_equal(other["flux"], catalogue["flux"])
+
+
+def test_mosaic_same_seed_same_pixels(tmp_path, mosaic):
+    root, _ = mosaic
+
+    write_mosaic(tmp_path, MOSAIC, name="m", chunk=128)
+
+    np.testing.assert_array_equal(_mosaic_arrays(tmp_path)[0], _mosaic_arrays(root)[0])
+
+
+def test_cli_simulate_writes_a_mosaic(tmp_path, capsys):
+    status = main(["simulate", "--out", str(tmp_path), "--mosaic", "big", "--chunk", "64",
+                   "--config", '{"size": 160, "seed": 1}'])
+
+    assert status == 0 and "mosaic big" in capsys.readouterr().out
+    assert io.open_zarr_image(tmp_path / "raw" / "big.zarr").shape == (160, 160)
+    assert (tmp_path / "catalog" / "big.ecsv").is_file() and not (tmp_path / "raw" / "big.fits").exists()

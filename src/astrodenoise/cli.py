@@ -52,8 +52,14 @@ def _pairs(items: list[str]) -> dict[str, str]:
 
 
 def _simulate(args) -> None:
-    from .simulate import SimulationConfig, write_demo_survey
+    from .simulate import SimulationConfig, write_demo_survey, write_mosaic
 
+    if args.mosaic:
+        catalogue = write_mosaic(args.out, SimulationConfig.from_dict(args.config), name=args.mosaic,
+                                 chunk=args.chunk, fits_too=args.fits)
+        print(f"wrote mosaic {args.mosaic} ({len(catalogue)} sources, sky "
+              f"{catalogue.meta['sky_adu']:.3f} ADU) to {args.out}")
+        return
     fields = write_demo_survey(args.out, SimulationConfig.from_dict(args.config))
     print(f"wrote {sum(map(len, fields.values()))} exposures of {len(fields)} fields to {args.out}")
 
@@ -142,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "simulate", _simulate, "Write the demo survey: raw/ exposures, truth/ images, catalog/.")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--mosaic", metavar="NAME",
+                   help="write one mosaic of side --config size instead, band by band: "
+                        "raw/NAME.zarr, truth/NAME.zarr, catalog/NAME.ecsv")
+    p.add_argument("--chunk", type=int, default=1024,
+                   help="mosaic rows written at a time, also its zarr shard side (default 1024)")
+    p.add_argument("--fits", action="store_true", help="mosaic: also write raw/NAME.fits, truth/NAME.fits")
 
     p = _add(sub, "ingest", _ingest, "Convert one FITS exposure to a chunked zarr v3 store.")
     p.add_argument("input", help="FITS file (.fits, .fits.fz, .fits.gz)")

@@ -14,6 +14,7 @@ exposure; magnitudes are AB-like with ``zeropoint`` = magnitude of 1 e-/s.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +38,9 @@ __all__ = [
     "simulate_exposure",
     "exposure_names",
     "write_demo_survey",
+    "simulate_mosaic_catalogue",
+    "render_mosaic_band",
+    "write_mosaic",
 ]
 
 _OVERSAMPLE = 5  # sub-pixel samples per axis when integrating profiles over pixels
@@ -280,3 +284,198 @@ def write_demo_survey(outdir: str | Path, config: SimulationConfig) -> dict[str,
             exposure = simulate_exposure(truth, config, rng)
             io.write_fits_image(outdir / "raw" / f"{name}.fits", exposure, exp_header)
     return fields
+
+
+# --- Large mosaics, written band by band -------------------------------------------------
+#
+# A 16384^2 mosaic holds about 300,000 sources: rendering each profile as simulate_field
+# does would take hours, so sources are drawn from banks of pre-rendered stamps (stars at
+# a 1/5-pixel grid of centres, galaxies on a grid of sizes and random shapes), and
+# catalogue positions are snapped to the stamps' centres so that truth and catalogue
+# agree exactly. Rows of ``chunk`` pixels are rendered, noised and written one at a time.
+
+_PHASES = 5  # star centres on a 1/5-pixel grid
+_GALAXY_SIZES = np.geomspace(0.8, 25.0, 12)  # r_eff grid of the galaxy bank, pixels
+_GALAXY_SHAPES = 8  # random (n, ellipticity, angle) per size
+
+
+@dataclass(frozen=True)
+class _StampBanks:
+    stars: np.ndarray  # (phase_y, phase_x, 2h+1, 2h+1), each sums to 1
+    galaxies: list  # per size: list of (stamp summing to 1, sersic_n)
+    fwhm_pix: float
+
+
+def _stamp_banks(config: SimulationConfig, rng: np.random.Generator) -> _StampBanks:
+    fwhm_pix = config.fwhm / config.pixel_scale * rng.uniform(0.9, 1.2)
+    half = int(np.ceil(6 * fwhm_pix))
+    offsets = (np.arange(_PHASES) - _PHASES // 2) / _PHASES
+    stars = np.array([[moffat_psf(fwhm_pix, config.moffat_beta, half=half, dx=dx, dy=dy)
+                       for dx in offsets] for dy in offsets])
+    psf = moffat_psf(fwhm_pix, config.moffat_beta, half=half)
+    galaxies = []
+    for r_eff in _GALAXY_SIZES:
+        g_half = int(np.ceil(max(4 * r_eff, 10)))
+        bank = []
+        for _ in range(_GALAXY_SHAPES):
+            stamp, n = _sersic_stamp(rng, g_half, 0.0, 0.0, r_eff)
+            bank.append((fftconvolve(np.pad(stamp, half), psf, mode="same"), n))
+        galaxies.append(bank)
+    return _StampBanks(stars, galaxies, fwhm_pix)
+
+
+def simulate_mosaic_catalogue(config: SimulationConfig, rng: np.random.Generator,
+                              banks: _StampBanks) -> Table:
+    """Draw the sources of a ``config.size``^2 mosaic (no pixels rendered).
+
+    Returns
+    -------
+    astropy.table.Table
+        x, y (0-based pixels, on the stamps' centre grid), flux (ADU), mag, type, r_eff
+        (pixels, 0 for stars), sersic_n and ``stamp`` (index into the stamp banks), sorted
+        by y.
+    """
+    size, scale = config.size, config.pixel_scale
+    area = (size * scale / 60.0) ** 2
+    n_stars = rng.poisson(config.star_density * area)
+    n_gals = rng.poisson(config.galaxy_density * area)
+    lo, hi = config.mag_range
+    mags = np.concatenate([_draw_magnitudes(rng, n_stars, lo, hi, 0.2),
+                           _draw_magnitudes(rng, n_gals, lo + 1.0, hi, 0.35)])
+    is_star = np.arange(n_stars + n_gals) < n_stars
+    xy = rng.uniform(-0.5, size - 0.5, size=(len(mags), 2))
+    # Stars sit on the 1/5-pixel grid of their stamps, galaxies on whole pixels.
+    xy = np.where(is_star[:, None], np.round(xy * _PHASES) / _PHASES, np.round(xy))
+    xy = np.clip(xy, 0, size - 1)
+    draw = rng.lognormal(np.log(0.8 / scale), 0.5, size=len(mags)) * 10 ** (-0.1 * (mags - 21))
+    size_bin = np.abs(np.log(np.clip(draw, 0.8, 25))[:, None] - np.log(_GALAXY_SIZES)).argmin(axis=1)
+    shape = rng.integers(0, _GALAXY_SHAPES, size=len(mags))
+    stamp = np.where(is_star, 0, size_bin * _GALAXY_SHAPES + shape)
+    r_eff = np.where(is_star, 0.0, _GALAXY_SIZES[size_bin])
+    sersic = np.array([0.0 if star else banks.galaxies[b][k][1]
+                       for star, b, k in zip(is_star, size_bin, shape, strict=True)])
+    flux = 10 ** (-0.4 * (mags - config.zeropoint)) * config.exptime / config.gain
+    catalogue = Table({"x": xy[:, 0], "y": xy[:, 1], "flux": flux, "mag": mags,
+                       "type": np.where(is_star, "star", "galaxy"), "r_eff": r_eff,
+                       "sersic_n": sersic, "stamp": stamp})
+    catalogue.sort("y")
+    return catalogue
+
+
+def _stamps_of(banks: _StampBanks, sources: Table) -> list[np.ndarray]:
+    """The bank stamp (sum 1) of each source."""
+    x, y = np.asarray(sources["x"]), np.asarray(sources["y"])
+    # Stars: the sub-pixel offset -0.4..0.4 pixels picks phase 0..4.
+    phase_y = np.rint((y - np.rint(y)) * _PHASES).astype(int) + _PHASES // 2
+    phase_x = np.rint((x - np.rint(x)) * _PHASES).astype(int) + _PHASES // 2
+    size_bin, shape = np.divmod(np.asarray(sources["stamp"]), _GALAXY_SHAPES)
+    return [banks.stars[py, px] if kind == "star" else banks.galaxies[b][k][0]
+            for kind, py, px, b, k in zip(sources["type"], phase_y, phase_x, size_bin, shape, strict=True)]
+
+
+def render_mosaic_band(catalogue: Table, banks: _StampBanks, config: SimulationConfig, *,
+                       rows: tuple[int, int], sky_adu: float, gradient: tuple[float, float]
+                       ) -> np.ndarray:
+    """Noise-free truth of image rows ``rows[0]:rows[1]`` of the mosaic.
+
+    ``catalogue`` must be sorted by y (as :func:`simulate_mosaic_catalogue` returns it).
+
+    Returns
+    -------
+    (rows[1] - rows[0], config.size) float64, ADU per exposure, sky included.
+    """
+    y0, y1 = rows
+    reach = max(banks.galaxies[-1][0][0].shape[0], banks.stars.shape[-1]) // 2 + 1
+    start, stop = np.searchsorted(np.asarray(catalogue["y"]), [y0 - reach, y1 + reach])
+    sources = catalogue[start:stop]
+    band = np.zeros((y1 - y0, config.size))
+    xs, ys = np.rint(sources["x"]).astype(int), np.rint(sources["y"]).astype(int) - y0
+    for stamp, flux, x, y in zip(_stamps_of(banks, sources), sources["flux"], xs, ys, strict=True):
+        if -(stamp.shape[0] // 2) <= y < band.shape[0] + stamp.shape[0] // 2:  # reaches the band
+            _add_stamp(band, stamp * flux, x, y)
+    yy = (np.arange(y0, y1) / config.size - 0.5)[:, None]
+    xx = np.arange(config.size) / config.size - 0.5
+    band += sky_adu * (1.0 + 0.02 * (gradient[0] * xx + gradient[1] * yy))
+    return band
+
+
+def _mosaic_header(config: SimulationConfig, name: str) -> fits.Header:
+    header = _base_header(config, _field_wcs(config, 0), name)
+    header["DATE-OBS"] = (datetime(2026, 3, 1, 3, 0, 0).isoformat(), "UTC start of exposure")
+    header["HISTORY"] = f"astrodenoise simulate mosaic: {dataclasses.asdict(config)}"
+    return header
+
+
+def write_mosaic(outdir: str | Path, config: SimulationConfig, *, name: str = "mosaic",
+                 chunk: int = 1024, fits_too: bool = False) -> Table:
+    """Write one ``config.size``^2 exposure, its truth and catalogue, ``chunk`` rows at a time.
+
+    Memory stays at a few bands of ``chunk`` x ``config.size`` pixels however large the
+    mosaic. Layout: ``raw/<name>.zarr`` (noisy, ADU; an ``image`` array in ``chunk``^2
+    shards with the FITS header in its attributes, as ingest writes it),
+    ``truth/<name>.zarr`` (noise-free, ADU, sky included), ``catalog/<name>.ecsv``, and
+    with ``fits_too`` also ``raw/<name>.fits`` and ``truth/<name>.fits``. Every output
+    is atomic. The same config and chunk give the same pixels.
+
+    Returns
+    -------
+    astropy.table.Table, the catalogue (see :func:`simulate_mosaic_catalogue`); its meta
+    holds fwhm_pix, gain, sky_adu and sky_mag.
+    """
+    outdir = Path(outdir)
+    bank_seq, source_seq, sky_seq, noise_seq = np.random.SeedSequence(config.seed).spawn(4)
+    banks = _stamp_banks(config, np.random.default_rng(bank_seq))
+    catalogue = simulate_mosaic_catalogue(config, np.random.default_rng(source_seq), banks)
+    sky_rng = np.random.default_rng(sky_seq)
+    gradient = tuple(sky_rng.uniform(-1, 1, size=2))
+    sky_mag = config.sky_mag + sky_rng.uniform(0.0, config.sky_mag_spread)
+    sky_e = 10 ** (-0.4 * (sky_mag - config.zeropoint)) * config.pixel_scale**2 * config.exptime
+    sky_adu = sky_e / config.gain
+    header = _mosaic_header(config, name)
+    truth_header = header.copy()
+    truth_header["COMMENT"] = "Noise-free truth: expected ADU of one exposure, sky included."
+    truth_header["FWHM"] = (round(banks.fwhm_pix, 4), "[pix] PSF FWHM of this field")
+    bands = range(0, config.size, chunk)
+    band_seqs = noise_seq.spawn(len(bands))
+    with contextlib.ExitStack() as stack:
+        raw = _mosaic_targets(stack, outdir / "raw", name, config.size, chunk, header, fits_too)
+        truth = _mosaic_targets(stack, outdir / "truth", name, config.size, chunk, truth_header, fits_too)
+        for y0, seq in tqdm(zip(bands, band_seqs, strict=True), total=len(bands), desc="simulate",
+                            unit="band"):
+            rows = (y0, min(y0 + chunk, config.size))
+            model = render_mosaic_band(catalogue, banks, config, rows=rows, sky_adu=sky_adu,
+                                       gradient=gradient)
+            exposure = _noisy_band(model, config, np.random.default_rng(seq))
+            for target in raw:
+                target[rows[0]:rows[1], :] = exposure
+            for target in truth:
+                target[rows[0]:rows[1], :] = model.astype(np.float32)
+        catalogue.meta.update(fwhm_pix=banks.fwhm_pix, gain=config.gain, sky_adu=sky_adu, sky_mag=sky_mag)
+        sky = _field_wcs(config, 0).pixel_to_world(catalogue["x"], catalogue["y"])
+        catalogue["ra"], catalogue["dec"] = sky.ra.deg, sky.dec.deg
+        with io.atomic_path(outdir / "catalog" / f"{name}.ecsv") as tmp:
+            catalogue.write(tmp, format="ascii.ecsv")
+    return catalogue
+
+
+def _noisy_band(model: np.ndarray, config: SimulationConfig, rng: np.random.Generator, *,
+                rows: int = 128) -> np.ndarray:
+    """:func:`simulate_exposure` of a band, ``rows`` at a time: its float64 temporaries
+    would otherwise be several times the band."""
+    exposure = np.empty(model.shape, dtype=np.float32)
+    for y0 in range(0, model.shape[0], rows):
+        exposure[y0:y0 + rows] = simulate_exposure(model[y0:y0 + rows], config, rng)
+    return exposure
+
+
+def _mosaic_targets(stack: contextlib.ExitStack, folder: Path, name: str, size: int, chunk: int,
+                    header: fits.Header, fits_too: bool) -> list:
+    """Temporary zarr (and FITS) outputs of one mosaic, renamed into place when ``stack`` closes."""
+    attrs = {"fits_header": header.tostring(), "bunit": str(header.get("BUNIT", "")), "has_wcs": True,
+             "source_file": "astrodenoise simulate", "code_version": code_version()}
+    store = stack.enter_context(io.atomic_path(folder / f"{name}.zarr"))
+    targets = io.create_zarr_image(store, (size, size), shard=chunk, attrs=attrs)
+    if fits_too:
+        path = stack.enter_context(io.atomic_path(folder / f"{name}.fits"))
+        targets += io.create_fits_image(path, (size, size), header)
+    return targets
