@@ -309,3 +309,32 @@ def test_ingest_real_image_keeps_its_wcs(real_data_dir, tmp_path):
     array = io.open_zarr_image(tmp_path / "tnx.zarr")
     assert array.shape == (400, 400)
     assert io.header_from_attrs(array.attrs)["GAIN"] == pytest.approx(2.4)
+
+
+def test_batch_size_is_one_for_small_surveys_and_bounds_jobs_for_large():
+    from astrodenoise.ingest import batch_size
+
+    assert batch_size(1000) == 1
+    assert batch_size(10_000) == 20
+    assert batch_size(10_000, 3) == 3
+
+
+def test_batches_cover_every_exposure_once_and_adding_one_changes_one_batch():
+    from astrodenoise.ingest import batch_exposures
+
+    names = [f"exp{i:04d}" for i in range(1000)]
+    batches = batch_exposures(names, 20)
+    grown = batch_exposures(names + ["exp9999"], 20)
+
+    assert sorted(n for members in batches.values() for n in members) == names
+    assert len(batches) <= 64 and max(map(len, batches.values())) < 60
+    changed = [b for b in grown if grown[b] != batches.get(b)]
+    assert len(changed) == 1 and "exp9999" in grown[changed[0]]
+
+
+def test_batches_of_one_are_named_after_the_exposure():
+    from astrodenoise.ingest import batch_exposures
+
+    assert batch_exposures(["b", "a"], 1) == {"a": ["a"], "b": ["b"]}
+    with pytest.raises(ValueError, match="at least 1"):
+        batch_exposures(["a"], 0)

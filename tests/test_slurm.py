@@ -52,7 +52,7 @@ def test_slurm_run_equals_local_run(tmp_path):
         out = f"results/predict/tiny/n2n/{exposure}.fits"
         np.testing.assert_allclose(fits.getdata(cluster / out), fits.getdata(local / out),
                                    rtol=1e-6, atol=1e-6)
-        metrics = f"results/evaluate/tiny/{exposure}.json"
+        metrics = f"results/evaluate/tiny/field00/{exposure}.json"
         local_scores = json.loads((local / metrics).read_text())["scores"]
         slurm_scores = json.loads((cluster / metrics).read_text())["scores"]
         assert slurm_scores["n2n"]["psnr"] == pytest.approx(local_scores["n2n"]["psnr"], abs=1e-6)

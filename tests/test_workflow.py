@@ -88,7 +88,7 @@ def test_denoised_fits_keeps_wcs_and_lowers_blank_sky_noise(demo_run, method):
     workdir, _ = demo_run
     raw = workdir / "results" / "simulate" / "tiny" / "raw" / "field00_e00.fits"
     out = workdir / "results" / "predict" / "tiny" / method / "field00_e00.fits"
-    scores = json.loads((workdir / "results" / "evaluate" / "tiny" / "field00_e00.json").read_text())
+    scores = json.loads((workdir / "results/evaluate/tiny/field00/field00_e00.json").read_text())
 
     with fits.open(out) as hdul:
         header, data = hdul[0].header, hdul[0].data
@@ -150,8 +150,10 @@ def test_truncated_fits_fails_ingest_and_leaves_no_store(tmp_path):
 
     assert result.returncode != 0
     assert "cut.fits" in log and "error" in log
-    assert not (tmp_path / "results" / "ingest" / "tiny" / "cut.zarr").exists()
-    assert not list((tmp_path / "results" / "ingest" / "tiny").glob("*.tmp"))
+    # The failed job's batch directory is gone, with nothing half-written in it.
+    assert not (tmp_path / "results" / "ingest" / "tiny" / "cut").exists()
+    assert not list((tmp_path / "results" / "ingest").rglob("*.zarr"))
+    assert not list((tmp_path / "results" / "ingest").rglob("*.tmp"))
 
 
 @pytest.mark.slow
@@ -170,7 +172,7 @@ def test_own_fits_directory_is_grouped_registered_and_denoised(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     registration = json.loads((tmp_path / "results/register/mine/field00_e00.json").read_text())
     assert [e["method"] for e in registration["exposures"]] == ["reference", "wcs"]
-    scores = json.loads((tmp_path / "results/evaluate/mine/field00_e01.json").read_text())
+    scores = json.loads((tmp_path / "results/evaluate/mine/field00_e00/field00_e01.json").read_text())
     assert scores["photometry_reference"] == "input" and not scores["has_truth"]
     assert scores["scores"]["n2n"]["rms_blank"] < scores["scores"]["input"]["rms_blank"]
 
@@ -179,8 +181,8 @@ def test_own_fits_directory_is_grouped_registered_and_denoised(tmp_path):
     raw = tmp_path / "sky" / "raw"
     (raw / "field00_e02.fits").write_bytes((raw / "field00_e01.fits").read_bytes())
     assert _planned_jobs(tmp_path, config) == {
-        "ingest": 1, "noise": 1, "register": 1, "noise_survey": 1, "train": 1,
-        "predict": 3, "evaluate": 3, "report": 1, "all": 1,
+        "ingest": 1, "noise": 1, "register": 1, "argument_list": 2, "noise_survey": 1, "train": 1,
+        "predict": 3, "evaluate": 1, "report": 1, "all": 1,
     }
 
 
@@ -204,10 +206,10 @@ def _planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"evaluate": {"gaussian_sigma": 1.5}}, {"evaluate": 2, "report": 1, "all": 1}),
+        ({"evaluate": {"gaussian_sigma": 1.5}}, {"evaluate": 1, "report": 1, "all": 1}),
         ({"noise": {"dilate": 3}},
-         {"noise": 2, "noise_survey": 1, "train": 2, "predict": 4, "evaluate": 2, "report": 1, "all": 1}),
-        ({"predict": {"tile": 32}}, {"predict": 4, "evaluate": 2, "report": 1, "all": 1}),
+         {"noise": 2, "noise_survey": 1, "train": 2, "predict": 2, "evaluate": 1, "report": 1, "all": 1}),
+        ({"predict": {"tile": 32}}, {"predict": 2, "evaluate": 1, "report": 1, "all": 1}),
     ],
     ids=["evaluate-settings", "noise-settings", "predict-settings"],
 )
@@ -218,6 +220,32 @@ def test_config_edit_reruns_only_what_it_affects(demo_run, change, expected):
         config[section] = config.get(section, {}) | values
 
     assert _planned_jobs(workdir, config) == expected
+
+
+@pytest.mark.slow
+def test_batched_ingest_and_noise_write_every_exposure(tmp_path):
+    config = TINY | {"inputs": {"batch_size": 2}}
+
+    assert _planned_jobs(tmp_path, config)["ingest"] == 1  # both exposures in one job
+    result = run_snakemake(tmp_path, config, "results/noise/tiny/batch00000")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("field00_e00", "field00_e01"):
+        assert (tmp_path / f"results/ingest/tiny/batch00000/{name}.zarr/zarr.json").is_file()
+        noise = json.loads((tmp_path / f"results/noise/tiny/batch00000/{name}.json").read_text())
+        assert noise["sigma"] > 0
+
+
+def test_dry_run_of_a_large_survey_batches_ingest_and_noise(tmp_path):
+    config = TINY | {"simulate": TINY["simulate"] | {"n_fields": 30, "n_exposures": 4},
+                     "inputs": {"batch_size": 8}}
+
+    counts = _planned_jobs(tmp_path, config)
+
+    # 120 exposures in batches of about 8: 16 hash buckets, each with some exposures.
+    assert 10 <= counts["ingest"] == counts["noise"] <= 16
+    assert counts["predict"] == 120
+    assert counts["register"] == counts["evaluate"] == 30
 
 
 @pytest.mark.slow

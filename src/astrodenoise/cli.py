@@ -6,6 +6,7 @@ step of the Snakemake workflow also runs by hand::
     astrodenoise simulate --out demo/
     astrodenoise ingest demo/raw/field00_e00.fits --out field00_e00.zarr
     astrodenoise noise field00_e00.zarr --out field00_e00.json
+    astrodenoise ingest demo/raw/*.fits --out-dir stores/     # one job, many exposures
     astrodenoise register --images a.zarr b.zarr --out field.json
     astrodenoise noise-survey --images a.zarr b.zarr --noise a.json b.json --fields f f \\
         --out survey.json --plot survey.png
@@ -16,6 +17,7 @@ step of the Snakemake workflow also runs by hand::
     astrodenoise report --evaluations e.json --figures e.png --survey demo --out report.html
 
 Settings of a step are given as JSON with ``--config`` (keys as in config/config.yaml).
+``@FILE`` stands for the arguments listed in FILE, one per line (for long lists of exposures).
 """
 
 from __future__ import annotations
@@ -64,17 +66,38 @@ def _simulate(args) -> None:
     print(f"wrote {sum(map(len, fields.values()))} exposures of {len(fields)} fields to {args.out}")
 
 
-def _ingest(args) -> None:
-    from .ingest import IngestConfig, ingest
+def _outputs(inputs: list[str], out: str | None, out_dir: str | None, name: Callable, suffix: str):
+    """Output path per input: ``--out`` for a single input, else ``--out-dir/<name><suffix>``."""
+    if out_dir is None:
+        if out is None or len(inputs) != 1:
+            raise ValueError("give --out with one input, or --out-dir with one or more inputs")
+        return [out]
+    if out is not None:
+        raise ValueError("give --out or --out-dir, not both")
+    return [f"{out_dir}/{name(path)}{suffix}" for path in inputs]
 
-    ingest(args.input, args.out, config=IngestConfig.from_dict(args.config))
+
+def _ingest(args) -> None:
+    from .ingest import IngestConfig, exposure_name, ingest
+
+    config = IngestConfig.from_dict(args.config)
+    outputs = _outputs(args.input, args.out, args.out_dir, exposure_name, ".zarr")
+    for number, (path, out) in enumerate(zip(args.input, outputs, strict=True), 1):
+        ingest(path, out, config=config)
+        print(f"[{number}/{len(outputs)}] {path} -> {out}", flush=True)
 
 
 def _noise(args) -> None:
+    from pathlib import Path
+
     from .noise import NoiseConfig, noise
 
-    result = noise(args.input, args.out, config=NoiseConfig.from_dict(args.config))
-    print(f"{args.input}: sky {result['sky_level']:.3f}, sigma {result['sigma']:.4f}")
+    config = NoiseConfig.from_dict(args.config)
+    outputs = _outputs(args.input, args.out, args.out_dir, lambda p: Path(p).stem, ".json")
+    for number, (path, out) in enumerate(zip(args.input, outputs, strict=True), 1):
+        result = noise(path, out, config=config)
+        print(f"[{number}/{len(outputs)}] {path}: sky {result['sky_level']:.3f}, "
+              f"sigma {result['sigma']:.4f}", flush=True)
 
 
 def _register(args) -> None:
@@ -116,11 +139,29 @@ def _predict(args) -> None:
 
 
 def _evaluate(args) -> None:
+    from pathlib import Path
+
     from .evaluate import EvaluateConfig, evaluate
 
-    evaluate(args.input, args.noise, _pairs(args.denoised), out_json=args.out_json,
-             out_png=args.out_png, truth_fits=args.truth, catalog=args.catalog,
-             config=EvaluateConfig.from_dict(args.config))
+    config = EvaluateConfig.from_dict(args.config)
+    if len(args.noise) != len(args.input):
+        raise ValueError(f"{len(args.input)} images but {len(args.noise)} --noise files")
+    denoised = _pairs(args.denoised)
+    if args.out_dir is None:
+        if args.out_json is None or args.out_png is None or len(args.input) != 1:
+            raise ValueError("give --out-json and --out-png with one image, or --out-dir")
+        outputs = [(args.out_json, args.out_png)]
+    else:
+        outputs = [(f"{args.out_dir}/{Path(image).stem}.json", f"{args.out_dir}/{Path(image).stem}.png")
+                   for image in args.input]
+    jobs = zip(args.input, args.noise, outputs, strict=True)
+    for number, (image, noise, (out_json, out_png)) in enumerate(jobs, 1):
+        # With several images, METHOD=DIR names the directory of each <image name>.zarr.
+        stores = denoised if len(args.input) == 1 else {
+            m: f"{d}/{Path(image).stem}.zarr" for m, d in denoised.items()}
+        evaluate(image, noise, stores, out_json=out_json, out_png=out_png, truth_fits=args.truth,
+                 catalog=args.catalog, config=config)
+        print(f"[{number}/{len(outputs)}] {image} -> {out_json}", flush=True)
 
 
 def _report(args) -> None:
@@ -142,8 +183,11 @@ def _add(sub, name: str, func: Callable, help_text: str) -> argparse.ArgumentPar
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``astrodenoise`` command."""
+    # "@FILE" reads arguments from FILE, one per line: the workflow passes the lists of a
+    # large survey this way, since one shell word may not exceed 128 KiB on Linux.
     parser = argparse.ArgumentParser(prog="astrodenoise", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     fromfile_prefix_chars="@")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
 
     p = _add(sub, "simulate", _simulate, "Write the demo survey: raw/ exposures, truth/ images, catalog/.")
@@ -155,13 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mosaic rows written at a time, also its zarr shard side (default 1024)")
     p.add_argument("--fits", action="store_true", help="mosaic: also write raw/NAME.fits, truth/NAME.fits")
 
-    p = _add(sub, "ingest", _ingest, "Convert one FITS exposure to a chunked zarr v3 store.")
-    p.add_argument("input", help="FITS file (.fits, .fits.fz, .fits.gz)")
-    p.add_argument("--out", required=True, help="zarr store to write")
+    p = _add(sub, "ingest", _ingest, "Convert FITS exposures to chunked zarr v3 stores.")
+    p.add_argument("input", nargs="+", help="FITS files (.fits, .fits.fz, .fits.gz)")
+    p.add_argument("--out", help="zarr store to write (one input)")
+    p.add_argument("--out-dir", help="directory for one <exposure>.zarr per input")
 
-    p = _add(sub, "noise", _noise, "Measure sky level and noise sigma of an ingested exposure (JSON).")
-    p.add_argument("input", help="zarr store from ingest")
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p = _add(sub, "noise", _noise, "Measure sky level and noise sigma of ingested exposures (JSON).")
+    p.add_argument("input", nargs="+", help="zarr stores from ingest")
+    p.add_argument("--out", help="JSON file to write (one input)")
+    p.add_argument("--out-dir", help="directory for one <store name>.json per input")
 
     p = _add(sub, "register", _register,
              "Register the exposures of one field to its first exposure (WCS or cross-correlation).")
@@ -196,15 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-fits", required=True, help="FITS file to write (input header and WCS kept)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads in all (0: all)")
 
-    p = _add(sub, "evaluate", _evaluate, "Score input, Gaussian baseline and denoised images.")
-    p.add_argument("input", help="zarr store from ingest")
-    p.add_argument("--noise", required=True, help="noise JSON of this exposure")
-    p.add_argument("--denoised", nargs="*", default=[], metavar="METHOD=ZARR",
-                   help="denoised images to score")
-    p.add_argument("--truth", help="noise-free truth FITS (demo survey)")
-    p.add_argument("--catalog", help="source catalogue (ECSV with x, y columns)")
-    p.add_argument("--out-json", required=True, help="metrics JSON to write")
-    p.add_argument("--out-png", required=True, help="cutout figure to write")
+    p = _add(sub, "evaluate", _evaluate,
+             "Score input, Gaussian baseline and denoised images of exposures of one field.")
+    p.add_argument("input", nargs="+", help="zarr stores from ingest (one field)")
+    p.add_argument("--noise", nargs="+", required=True, help="noise JSON per image, same order")
+    p.add_argument("--denoised", nargs="*", default=[], metavar="METHOD=PATH",
+                   help="denoised zarr store (one image), or the directory of <image name>.zarr stores")
+    p.add_argument("--truth", help="noise-free truth FITS of the field (demo survey)")
+    p.add_argument("--catalog", help="source catalogue of the field (ECSV with x, y columns)")
+    p.add_argument("--out-json", help="metrics JSON to write (one image)")
+    p.add_argument("--out-png", help="cutout figure to write (one image)")
+    p.add_argument("--out-dir", help="directory for <image name>.json and .png per image")
 
     p = _add(sub, "report", _report, "Render the self-contained HTML report of a survey.")
     p.add_argument("--evaluations", nargs="+", required=True, help="evaluate JSON files")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import math
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from . import io
 from .provenance import code_version
 
 __all__ = ["IngestConfig", "ingest", "exposure_name", "check_fits_signature", "discover_exposures",
-           "sidecar_path", "inverse_variance", "pixel_mask", "NODATA", "SATURATED", "BAD", "NO_WEIGHT"]
+           "sidecar_path", "inverse_variance", "pixel_mask", "batch_size", "batch_exposures",
+           "NODATA", "SATURATED", "BAD", "NO_WEIGHT"]
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +276,35 @@ def _group_from_headers(exposures: dict[str, dict[str, str]], hdu) -> None:
                         int(header.get("ZNAXIS1", header.get("NAXIS1", 0))))
     for name, field in group_by_header(headers, shapes).items():
         exposures[name]["field"] = field
+
+
+def batch_size(n_exposures: int, setting: int = 0, *, jobs: int = 500, small: int = 1000) -> int:
+    """Exposures per ingest/noise job of the workflow.
+
+    ``setting`` > 0 is used as given. 0 (auto) gives one exposure a job for surveys of up
+    to ``small`` exposures, and beyond that enough to keep about ``jobs`` jobs a step:
+    Snakemake spends about a millisecond planning each job, and a cluster seconds
+    starting it.
+    """
+    if setting:
+        return setting
+    return 1 if n_exposures <= small else math.ceil(n_exposures / jobs)
+
+
+def batch_exposures(names: list[str], size: int) -> dict[str, list[str]]:
+    """Split exposures into batches: ``{batch name: [exposure, ...]}``, names sorted.
+
+    With ``size`` 1 each exposure is a batch named after it. Larger batches are buckets
+    of a CRC-32 of the exposure name, their number the power of two at or above
+    ``len(names) / size``: adding an exposure changes one batch and leaves the others
+    (and their finished jobs) alone, until the survey grows enough to double the count.
+    """
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    if size == 1:
+        return {name: [name] for name in sorted(names)}
+    n_buckets = 2 ** math.ceil(math.log2(max(1, math.ceil(len(names) / size))))
+    batches: dict[str, list[str]] = {}
+    for name in sorted(names):
+        batches.setdefault(f"batch{zlib.crc32(name.encode()) % n_buckets:05d}", []).append(name)
+    return dict(sorted(batches.items()))

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import zarr
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
@@ -512,6 +511,8 @@ def _json_default(value: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     """Save a checkpoint dict (tensors, plain Python values) atomically with torch.save."""
+    import torch  # here, not at the top: steps without a network need no torch
+
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
@@ -521,4 +522,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "checkpoint does not exist; run the train step first")
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)

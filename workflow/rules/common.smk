@@ -7,7 +7,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from astrodenoise.ingest import IngestConfig, discover_exposures
+from astrodenoise.ingest import IngestConfig, batch_exposures, batch_size, discover_exposures
 from astrodenoise.io import InputError
 from astrodenoise.provenance import STEP_VERSIONS
 from astrodenoise.simulate import SimulationConfig, exposure_names
@@ -15,9 +15,14 @@ from astrodenoise.simulate import SimulationConfig, exposure_names
 
 validate(config, "../schemas/config.schema.yaml")
 
-# Rules call the `astrodenoise` command of the Python that runs Snakemake, also when the
-# user calls .venv/bin/snakemake without activating the virtual environment.
+# Rules run `python -m astrodenoise`: without --use-conda the Python that runs Snakemake
+# (first on PATH, also when the user calls .venv/bin/snakemake without activating the
+# virtual environment); with --use-conda the step's environment from envs/, which holds
+# the step's dependencies but not this package: its source comes from PYTHONPATH.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [os.path.join(workflow.basedir, "src"), os.environ.get("PYTHONPATH")])
+)
 
 SURVEY = config["survey"]
 IS_DEMO = config["inputs"]["source"] == "demo"
@@ -47,6 +52,11 @@ def _user_exposures():
 
 
 EXPOSURES = _demo_exposures() if IS_DEMO else _user_exposures()
+
+
+# Ingest and noise run one batch of exposures a job (see inputs.batch_size).
+BATCHES = batch_exposures(list(EXPOSURES), batch_size(len(EXPOSURES), config["inputs"]["batch_size"]))
+BATCH_OF = {name: batch for batch, names in BATCHES.items() for name in names}
 FIELDS = sorted({e["field"] for e in EXPOSURES.values()})
 METHODS = config["train"]["methods"]
 
@@ -66,8 +76,11 @@ wildcard_constraints:
     # A character class, not an alternation of all exposure names: with 10,000 exposures
     # the alternation made every wildcard match slow and the DAG took minutes.
     exposure=r"[A-Za-z0-9_.-]+",
+    # Not "_survey": results/noise/{survey}/_survey holds the survey fit.
+    batch=r"(?!_survey/)[A-Za-z0-9_.-]+",
     field=r"[A-Za-z0-9_.-]+",
     method="|".join(METHODS),
+    name="exposures|evaluations",
 
 
 def step_config(step, drop=()):
@@ -80,8 +93,41 @@ def field_exposures(field):
     return FIELD_EXPOSURES[field]
 
 
+def ingest_path(exposure):
+    """The zarr store of an exposure, inside its ingest batch directory."""
+    return f"results/ingest/{SURVEY}/{BATCH_OF[exposure]}/{exposure}.zarr"
+
+
+def noise_path(exposure):
+    """The noise JSON of an exposure, inside its noise batch directory."""
+    return f"results/noise/{SURVEY}/{BATCH_OF[exposure]}/{exposure}.json"
+
+
+def batch_dirs(step, exposures):
+    """The batch directories of ``step`` (ingest or noise) that hold these exposures."""
+    return sorted({f"results/{step}/{SURVEY}/{BATCH_OF[e]}" for e in exposures})
+
+
+def get_batch_raw(wildcards):
+    return [EXPOSURES[e]["path"] for e in BATCHES[wildcards.batch]]
+
+
+def get_batch_stores(wildcards):
+    return [ingest_path(e) for e in BATCHES[wildcards.batch]]
+
+
+def get_field_batches(wildcards):
+    return batch_dirs("ingest", field_exposures(wildcards.field))
+
+
 def get_field_images(wildcards):
-    return [f"results/ingest/{wildcards.survey}/{e}.zarr" for e in field_exposures(wildcards.field)]
+    return [ingest_path(e) for e in field_exposures(wildcards.field)]
+
+
+def get_exposure_batches(wildcards):
+    """Ingest and noise batch directories of one exposure (inputs of predict, evaluate)."""
+    batch = BATCH_OF[wildcards.exposure]
+    return {"image": f"results/ingest/{SURVEY}/{batch}", "noise": f"results/noise/{SURVEY}/{batch}"}
 
 
 def registration_paths():
@@ -92,15 +138,57 @@ def get_raw_fits(wildcards):
     return EXPOSURES[wildcards.exposure]["path"]
 
 
-def exposure_paths(pattern, **extra):
-    return [pattern.format(survey=SURVEY, exposure=e, **extra) for e in EXPOSURES]
+def _argument_lists():
+    """Long per-exposure argument lists of the survey-wide steps, by list name.
+
+    They reach the `astrodenoise` command as an "@FILE" argument file (rule
+    argument_list): 10,000 exposures make a command line of about 1 MB, and one shell
+    word may not exceed 128 KiB. The survey-wide rules name these files as input instead
+    of every exposure's output, so that the DAG stays linear in the number of exposures.
+    """
+    noise = [noise_path(e) for e in EXPOSURES]
+    return {
+        "exposures": [
+            "--images", *[ingest_path(e) for e in EXPOSURES],
+            "--noise", *noise,
+            "--fields", *[e["field"] for e in EXPOSURES.values()],
+            "--registrations", *registration_paths(),
+        ],
+        "evaluations": [
+            "--evaluations", *[evaluation_path(e) for e in EXPOSURES],
+            "--figures", *[evaluation_path(e, ".png") for e in EXPOSURES],
+            "--noise", *noise,
+        ],
+    }
+
+
+
+def write_argument_file(path, arguments):
+    """Write one argument a line, atomically (the format of argparse's "@FILE")."""
+    from astrodenoise.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{a}\n" for a in arguments))
+
+
+def evaluation_path(exposure, suffix=".json"):
+    """The metrics JSON (or figure) of an exposure, in its field's evaluate directory."""
+    return f"results/evaluate/{SURVEY}/{EXPOSURES[exposure]['field']}/{exposure}{suffix}"
+
+
+def get_field_denoised(wildcards):
+    return [
+        f"results/predict/{wildcards.survey}/{m}/{e}.zarr"
+        for e in field_exposures(wildcards.field)
+        for m in METHODS
+    ]
 
 
 def get_truth(wildcards):
-    """Noise-free truth and catalogue of the exposure's field (demo survey only)."""
+    """Noise-free truth and catalogue of the field (demo survey only)."""
     if not IS_DEMO:
         return {}
-    field = EXPOSURES[wildcards.exposure]["field"]
+    field = wildcards.field
     return {
         "truth": f"{SIM_DIR}/truth/{field}.fits",
         "catalog": f"{SIM_DIR}/catalog/{field}.ecsv",
@@ -116,3 +204,6 @@ def get_final_outputs():
             for e in EXPOSURES
         ],
     ]
+
+
+ARGUMENT_LISTS = _argument_lists()

@@ -1,34 +1,41 @@
-# Metrics per exposure: blank-sky noise, PSNR/SSIM against truth, photometric bias.
+# Metrics per exposure, one field a job: blank-sky noise, PSNR/SSIM against the truth,
+# photometric bias; the field is the unit because its exposures share a truth (demo) or,
+# for real data, reference each other.
 
 
 rule evaluate:
     input:
         unpack(get_truth),
-        image="results/ingest/{survey}/{exposure}.zarr",
-        noise="results/noise/{survey}/{exposure}.json",
-        denoised=expand("results/predict/{{survey}}/{method}/{{exposure}}.zarr", method=METHODS),
+        images=get_field_batches,
+        noise=lambda wildcards: batch_dirs("noise", field_exposures(wildcards.field)),
+        denoised=get_field_denoised,
     output:
-        json="results/evaluate/{survey}/{exposure}.json",
-        png=report(
-            "results/evaluate/{survey}/{exposure}.png",
+        report(
+            directory("results/evaluate/{survey}/{field}"),
+            patterns=["{exposure}.png"],
             caption="../report/evaluate.rst",
             category="Exposures",
         ),
     params:
-        cfg=step_config("evaluate"),
-        denoised=lambda wc, input: [f"{m}={p}" for m, p in zip(METHODS, input.denoised)],
-        truth=lambda wc, input: ["--truth", input.truth, "--catalog", input.catalog]
+        images=get_field_images,
+        noise=lambda wildcards: [noise_path(e) for e in field_exposures(wildcards.field)],
+        # The directory of each method's denoised stores, <exposure>.zarr inside.
+        denoised=lambda wildcards: [f"{m}=results/predict/{wildcards.survey}/{m}" for m in METHODS],
+        truth=lambda wildcards, input: ["--truth", input.truth, "--catalog", input.catalog]
         if IS_DEMO
         else [],
+        cfg=step_config("evaluate"),
         version=STEP_VERSIONS["evaluate"],
+    conda:
+        "../../envs/evaluate.yaml"
     log:
-        "logs/evaluate/{survey}/{exposure}.log",
+        "logs/evaluate/{survey}/{field}.log",
     benchmark:
-        "benchmarks/evaluate/{survey}/{exposure}.tsv"
+        "benchmarks/evaluate/{survey}/{field}.tsv"
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=lambda wildcards: 10 + 5 * len(field_exposures(wildcards.field)),
     shell:
-        "astrodenoise evaluate {input.image:q} --noise {input.noise:q}"
+        "python -m astrodenoise evaluate {params.images:q} --noise {params.noise:q}"
         " --denoised {params.denoised:q} {params.truth:q}"
-        " --out-json {output.json:q} --out-png {output.png:q} --config {params.cfg:q} > {log:q} 2>&1"
+        " --out-dir {output:q} --config {params.cfg:q} > {log:q} 2>&1"

@@ -1,29 +1,35 @@
-# Per-exposure sky level and noise sigma, measured from the data.
+# Per-exposure sky level and noise sigma, measured from the data (a batch a job, as
+# ingest), and the survey's gain and read noise from exposure pairs.
 
 
 rule noise:
     input:
-        "results/ingest/{survey}/{exposure}.zarr",
+        "results/ingest/{survey}/{batch}",
     output:
-        "results/noise/{survey}/{exposure}.json",
+        directory("results/noise/{survey}/{batch}"),
     params:
+        stores=get_batch_stores,
         cfg=step_config("noise"),
         version=STEP_VERSIONS["noise"],
+    conda:
+        "../../envs/noise.yaml"
     log:
-        "logs/noise/{survey}/{exposure}.log",
+        "logs/noise/{survey}/{batch}.log",
     benchmark:
-        "benchmarks/noise/{survey}/{exposure}.tsv"
+        "benchmarks/noise/{survey}/{batch}.tsv"
     resources:
         mem_mb=4000,
-        runtime=20,
+        runtime=lambda wildcards, input: 10 + 2 * len(BATCHES[wildcards.batch]),
     shell:
-        "astrodenoise noise {input:q} --out {output:q} --config {params.cfg:q} > {log:q} 2>&1"
+        "python -m astrodenoise noise {params.stores:q} --out-dir {output:q} --config {params.cfg:q} > {log:q} 2>&1"
 
 
 rule noise_survey:
     input:
-        images=exposure_paths("results/ingest/{survey}/{exposure}.zarr"),
-        noise=exposure_paths("results/noise/{survey}/{exposure}.json"),
+        # The argument file lists the exposures; naming them here too orders the DAG.
+        lists="results/lists/{survey}/exposures.args",
+        images=batch_dirs("ingest", EXPOSURES),
+        noise=batch_dirs("noise", EXPOSURES),
         registrations=registration_paths(),
     output:
         json="results/noise/{survey}/_survey/noise.json",
@@ -33,8 +39,9 @@ rule noise_survey:
             category="Noise model",
         ),
     params:
-        fields=[e["field"] for e in EXPOSURES.values()],
         version=STEP_VERSIONS["noise"],
+    conda:
+        "../../envs/noise.yaml"
     log:
         "logs/noise/{survey}/survey.log",
     benchmark:
@@ -43,6 +50,5 @@ rule noise_survey:
         mem_mb=8000,
         runtime=30,
     shell:
-        "astrodenoise noise-survey --images {input.images:q} --noise {input.noise:q}"
-        " --fields {params.fields:q} --registrations {input.registrations:q}"
+        "python -m astrodenoise noise-survey @{input.lists:q}"
         " --out {output.json:q} --plot {output.png:q} > {log:q} 2>&1"

@@ -3,11 +3,14 @@
 
 rule register:
     input:
-        get_field_images,
+        get_field_batches,
     output:
         "results/register/{survey}/{field}.json",
     params:
+        images=get_field_images,
         version=STEP_VERSIONS["register"],
+    conda:
+        "../../envs/register.yaml"
     log:
         "logs/register/{survey}/{field}.log",
     benchmark:
@@ -16,4 +19,4 @@ rule register:
         mem_mb=8000,
         runtime=30,
     shell:
-        "astrodenoise register --images {input:q} --out {output:q} > {log:q} 2>&1"
+        "python -m astrodenoise register --images {params.images:q} --out {output:q} > {log:q} 2>&1"

@@ -3,9 +3,9 @@
 
 rule report:
     input:
-        evaluations=exposure_paths("results/evaluate/{survey}/{exposure}.json"),
-        figures=exposure_paths("results/evaluate/{survey}/{exposure}.png"),
-        noise=exposure_paths("results/noise/{survey}/{exposure}.json"),
+        lists="results/lists/{survey}/evaluations.args",
+        evaluations=expand("results/evaluate/{{survey}}/{field}", field=FIELDS),
+        noise=batch_dirs("noise", EXPOSURES),
         noise_survey="results/noise/{survey}/_survey/noise.json",
         noise_plot="results/noise/{survey}/_survey/mean_variance.png",
         curves=expand("results/train/{{survey}}/{method}/curve.csv", method=METHODS),
@@ -21,6 +21,8 @@ rule report:
         models=lambda wc, input: [f"{m}={p}" for m, p in zip(METHODS, input.models)],
         cfg=json.dumps(config, sort_keys=True),
         version=STEP_VERSIONS["report"],
+    conda:
+        "../../envs/report.yaml"
     log:
         "logs/report/{survey}.log",
     benchmark:
@@ -29,7 +31,6 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "astrodenoise report --survey {wildcards.survey} --evaluations {input.evaluations:q}"
-        " --figures {input.figures:q} --noise {input.noise:q} --curves {params.curves:q}"
+        "python -m astrodenoise report --survey {wildcards.survey} @{input.lists:q} --curves {params.curves:q}"
         " --noise-survey {input.noise_survey:q} --noise-plot {input.noise_plot:q}"
         " --models {params.models:q} --config {params.cfg:q} --out {output:q} > {log:q} 2>&1"

@@ -10,6 +10,8 @@ rule simulate:
         outdir=lambda wc, output: os.path.dirname(os.path.dirname(output.raw[0])),
         cfg=step_config("simulate"),
         version=STEP_VERSIONS["simulate"],
+    conda:
+        "../../envs/simulate.yaml"
     log:
         f"logs/simulate/{SURVEY}.log",
     benchmark:
@@ -18,4 +20,4 @@ rule simulate:
         mem_mb=2000,
         runtime=30,
     shell:
-        "astrodenoise simulate --out {params.outdir:q} --config {params.cfg:q} > {log:q} 2>&1"
+        "python -m astrodenoise simulate --out {params.outdir:q} --config {params.cfg:q} > {log:q} 2>&1"

@@ -3,9 +3,12 @@
 
 rule train:
     input:
-        images=exposure_paths("results/ingest/{survey}/{exposure}.zarr"),
-        noise=exposure_paths("results/noise/{survey}/{exposure}.json"),
-        registrations=registration_paths(),
+        # The exposures, their noise and registrations are listed in the argument file;
+        # the survey noise fit depends on all of them, so it stands in for them here.
+        # (Naming 10,000 exposures here made Snakemake's DAG quadratic: every predict job
+        # scanned this rule's input list.)
+        lists="results/lists/{survey}/exposures.args",
+        noise_survey="results/noise/{survey}/_survey/noise.json",
     output:
         model="results/train/{survey}/{method}/model.pt",
         curve=report(
@@ -15,8 +18,9 @@ rule train:
         ),
     params:
         cfg=step_config("train", drop=("methods",)),
-        fields=[e["field"] for e in EXPOSURES.values()],
         version=STEP_VERSIONS["train"],
+    conda:
+        "../../envs/train.yaml"
     log:
         "logs/train/{survey}/{method}.log",
     benchmark:
@@ -26,7 +30,6 @@ rule train:
         mem_mb=8000,
         runtime=240,
     shell:
-        "astrodenoise train --method {wildcards.method} --images {input.images:q}"
-        " --noise {input.noise:q} --fields {params.fields:q} --out {output.model:q}"
-        " --curve {output.curve:q} --registrations {input.registrations:q}"
+        "python -m astrodenoise train --method {wildcards.method} @{input.lists:q} --out {output.model:q}"
+        " --curve {output.curve:q}"
         " --threads {threads} --config {params.cfg:q} > {log:q} 2>&1"
