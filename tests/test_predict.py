@@ -328,3 +328,12 @@ def test_distributed_workers_load_the_model_once_each(make_image, tiny_checkpoin
         loads = client.run(_model_loads)
 
     assert sorted(loads.values()) in ([1, 1], [0, 1])  # one load per worker that ran blocks
+
+
+def test_model_of_another_domain_is_refused(tmp_path, tiny_checkpoint):
+    checkpoint = io.load_checkpoint(tiny_checkpoint)
+    checkpoint["normalisation"] |= {"kind": "gat", "gain": 2.0}
+    io.save_checkpoint(tmp_path / "gat.pt", checkpoint)
+
+    with pytest.raises(ValueError, match="linear normalisation only"):
+        load_model(str(tmp_path / "gat.pt"), "cpu")
