@@ -75,27 +75,27 @@ def _cli_module_imports() -> set[str]:
 
 
 def _third_party_imports(entry: set[str], reached: set[str] = frozenset()) -> set[str]:
-    """Top-level third-party packages a step needs.
+    """Top-level third-party packages a step needs: what loading its code loads.
 
-    All imports of the step's own modules (``entry``) count, function-level ones
-    included; of the modules they reach through relative imports, the module-level
-    imports count (their function-level imports serve other steps, e.g. torch for
-    checkpoints in io), and their relative imports are followed at every level.
+    The step's own modules (``entry``) count with all their imports, function-level ones
+    included (the step calls those functions). Any other module counts with what
+    importing it runs: its module-level imports, followed through relative imports;
+    its function-level imports serve other steps (e.g. torch for checkpoints in io).
     """
     seen, todo, found = set(), set(entry) | set(reached), set()
     while todo:
         module = todo.pop()
         seen.add(module)
         tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-        for node in ast.walk(tree):
+        nodes = list(ast.walk(tree)) if module in entry else tree.body
+        for node in nodes:
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 names = [node.module] if node.module else [a.name for a in node.names]
                 todo |= {n for n in names if (PACKAGE / f"{n}.py").exists()} - seen
-            elif module in entry or node in tree.body:
-                if isinstance(node, ast.ImportFrom) and node.level == 0:
-                    found.add(node.module.split(".")[0])
-                elif isinstance(node, ast.Import):
-                    found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
     return found
 
 

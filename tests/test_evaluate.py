@@ -11,10 +11,16 @@ from astrodenoise.evaluate import (
     EvaluateConfig,
     aperture_fluxes,
     blank_sky_rms,
+    depth90,
+    detection_scores,
     evaluate,
     flux_bias,
     gaussian_baseline,
+    photometry_by_magnitude,
+    pool_detection_bins,
+    power_spectrum,
     psnr,
+    residual_statistics,
     score_image,
 )
 from astrodenoise.ingest import ingest
@@ -178,7 +184,8 @@ def evaluated(demo_survey, tmp_path_factory):
 def test_evaluate_scores_input_baseline_and_denoised(evaluated):
     result, out_json, out_png, root = evaluated
 
-    assert set(result["scores"]) == {"input", "gaussian", "perfect"}
+    assert set(result["scores"]) == {"input", "gaussian", "nlm", "bm3d", "perfect"}
+    assert result["baselines"] == ["gaussian", "nlm", "bm3d"] and result["methods"] == ["perfect"]
     assert result["has_truth"] is True
     assert result["photometry_reference"] == "truth"
     assert result["n_sources"] == len(Table.read(root / "catalog" / "field00.ecsv"))
@@ -221,7 +228,8 @@ def test_evaluate_without_truth_or_catalog_detects_sources(demo_survey, tmp_path
     noise(store, noise_json)
 
     result = evaluate(str(store), str(noise_json), {}, out_json=str(tmp_path / "e.json"),
-                      out_png=str(tmp_path / "e.png"), config=EvaluateConfig(cutout=64))
+                      out_png=str(tmp_path / "e.png"),
+                      config=EvaluateConfig(cutout=64, baselines=("gaussian",)))
 
     assert result["has_truth"] is False
     assert result["photometry_reference"] == "input"
@@ -229,3 +237,97 @@ def test_evaluate_without_truth_or_catalog_detects_sources(demo_survey, tmp_path
     assert set(result["scores"]) == {"input", "gaussian"}
     assert "psnr" not in result["scores"]["input"]
     assert result["scores"]["input"]["photometry"]["bright"]["bias"] == 0.0
+    assert result["magnitudes"] == "instrumental"
+    assert result["scores"]["gaussian"]["detection"]["n_detected"] > 0  # no catalogue: a count only
+
+
+def test_power_spectrum_of_white_noise_is_flat_and_smoothing_cuts_high_frequencies():
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0.0, 2.0, (128, 128))
+    zeros, blank = np.zeros(noise.shape), np.zeros(noise.shape, bool)
+
+    k, white = power_spectrum(noise, background=zeros, mask=blank)
+    _, smooth = power_spectrum(gaussian_baseline(noise, sigma=1.5), background=zeros, mask=blank)
+
+    assert k[0] < k[-1] <= 0.5
+    # sigma^2 at every k (the lowest ring holds few Fourier modes, so it scatters most)
+    assert white[1:] == pytest.approx(np.full(len(k) - 1, 4.0), rel=0.15)
+    assert white[0] == pytest.approx(4.0, rel=0.4)
+    assert smooth[-1] / white[-1] < 0.05 and smooth[0] / white[0] > 0.3
+
+
+def test_residual_of_a_perfect_denoiser_is_unit_noise_and_zero_at_sources():
+    rng = np.random.default_rng(6)
+    truth = np.zeros((96, 96))
+    truth[40:44, 40:44] = 50.0
+    data = truth + rng.normal(0.0, 1.0, truth.shape)
+    mask = truth > 0
+
+    stats = residual_statistics(data, truth, sigma=1.0, mask=mask, positions=np.array([[41.5, 41.5]]),
+                                radius=2.0)
+    dimmed = residual_statistics(data, truth * 0.5, sigma=1.0, mask=mask,
+                                 positions=np.array([[41.5, 41.5]]), radius=2.0)
+
+    assert stats["sky_mean"] == pytest.approx(0.0, abs=0.05)
+    assert stats["sky_std"] == pytest.approx(1.0, rel=0.05)
+    assert abs(stats["source_mean"]) < 1.0 and dimmed["source_mean"] > 10  # removed signal shows
+    assert sum(stats["histogram"]) * 0.25 == pytest.approx(1.0, rel=0.02)
+
+
+def test_photometry_by_magnitude_finds_the_bin_that_loses_flux():
+    mag = np.repeat([20.0, 22.0, 24.0], 10)
+    reference = 10 ** (-0.4 * (mag - 30))
+    flux = reference * np.where(mag > 23, 0.8, 1.0)  # the faintest bin loses 20%
+
+    rows = photometry_by_magnitude(flux, reference, mag, bin_width=1.0)
+
+    assert [r["n"] for r in rows] == [10, 10, 10]
+    assert [round(r["bias"], 3) for r in rows] == [0.0, 0.0, -0.2]
+
+
+def test_detection_scores_count_missed_and_invented_sources():
+    truth = np.array([[10.0, 10.0], [50.0, 50.0], [90.0, 90.0], [130.0, 130.0]])
+    truth_mag = np.array([20.0, 20.2, 23.0, 23.2])
+    # Both bright sources found, one faint missed, one detection where there is nothing.
+    found = np.array([[10.5, 10.0], [50.0, 49.2], [90.0, 90.4], [200.0, 20.0]])
+    found_flux = np.array([1e4, 1e4, 100.0, 100.0])
+
+    scores = detection_scores(found, found_flux, truth, truth_mag, radius=2.0, zeropoint=28.0,
+                              bin_width=1.0)
+
+    assert scores["n_detected"] == 4 and scores["n_matched"] == 3 and scores["n_false"] == 1
+    bright, faint = scores["bins"][0], scores["bins"][-1]
+    assert bright["completeness"] == 1.0 and bright["purity"] == 1.0
+    assert faint["completeness"] == 0.5  # 23.0 found, 23.2 missed
+    assert faint["purity"] == 0.5  # the invented source has magnitude 28 - 5 = 23
+    assert depth90(scores["bins"], min_sources=1) == pytest.approx(21.0)
+    assert scores["depth90"] is None  # every bin has fewer than 5 sources: nothing to tell
+
+
+def test_depth90_pools_exposures_and_skips_sparse_bins():
+    bins = [{"lo": 20.0, "hi": 21.0, "n_truth": 10, "n_recovered": 10, "n_found": 10, "n_true": 10},
+            {"lo": 21.0, "hi": 22.0, "n_truth": 2, "n_recovered": 0, "n_found": 0, "n_true": 0},
+            {"lo": 22.0, "hi": 23.0, "n_truth": 10, "n_recovered": 9, "n_found": 10, "n_true": 10},
+            {"lo": 23.0, "hi": 24.0, "n_truth": 10, "n_recovered": 5, "n_found": 5, "n_true": 5}]
+
+    pooled = pool_detection_bins([bins, bins])
+
+    assert [b["n_truth"] for b in pooled] == [20, 4, 20, 20]
+    assert pooled[2]["completeness"] == 0.9
+    assert depth90(pooled) == 23.0
+
+
+def test_evaluate_reports_structure_detection_and_magnitude_photometry(evaluated):
+    scores = evaluated[0]["scores"]
+
+    for name in ("input", "bm3d", "perfect"):
+        assert len(scores[name]["power"]["ratio"]) == len(scores[name]["power"]["k"])
+        assert scores[name]["detection"]["bins"]
+        assert scores[name]["photometry_by_magnitude"]
+    assert scores["input"]["power"]["ratio"] == pytest.approx([1.0] * len(scores["input"]["power"]["k"]))
+    # The truth image reveals more catalogue sources than the noisy input, and invents none.
+    assert scores["perfect"]["detection"]["n_matched"] > scores["input"]["detection"]["n_matched"]
+    faint = {n: sum(b["n_recovered"] for b in scores[n]["detection"]["bins"] if b["lo"] >= 23)
+             for n in ("input", "perfect")}
+    assert faint["perfect"] > faint["input"] + 10
+    assert scores["perfect"]["residual"]["sky_std"] == pytest.approx(1.0, rel=0.15)

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from astrodenoise import io
-from astrodenoise.report import FAINT_BIAS_LIMIT, report, summarise
+from astrodenoise.report import BIAS_LIMIT, report, summarise, verdicts
 
 SCRIPT = "<script>alert(1)</script>"
 PNG = base64.b64decode(  # a 1 x 1 transparent PNG
@@ -59,15 +59,16 @@ def test_summarise_input_row_comes_first():
 
 
 @pytest.mark.parametrize("faint, flagged", [
-    (-0.06, True), (0.051, True), (-0.049, False), (0.0, False), (None, False),
+    (-0.06, True), (0.011, True), (-0.009, False), (0.0, False), (None, False),
 ])
 def test_summarise_flags_faint_bias_beyond_limit(faint, flagged):
     evaluation = _evaluation("e0", n2n_faint=faint)
+    evaluation["scores"]["n2n"]["photometry"]["bright"]["bias"] = 0.001
 
     row = next(r for r in summarise([evaluation]) if r["method"] == "n2n")
 
-    assert FAINT_BIAS_LIMIT == 0.05
-    assert row["flag"] is flagged
+    assert BIAS_LIMIT == 0.01
+    assert row["flag_faint"] is flagged and row["flag"] is flagged
     assert row["faint_bias"] == (None if faint is None else pytest.approx(faint))
 
 
@@ -161,7 +162,7 @@ def test_report_shows_numbers_flags_and_provenance(rendered):
 
     assert "astrodenoise report: demo" in html
     assert "-8.0%" in html  # faint bias of n2n
-    assert 'class="bad"' in html  # flagged beyond the 5% limit
+    assert 'class="bad"' in html  # flagged beyond the 1% limit
     assert model_hash in html
     assert "exp0" in html and "exp1" in html
     assert "10.300" in html  # measured sigma from the noise files
@@ -172,3 +173,65 @@ def test_report_needs_an_evaluation(tmp_path):
         report([], [], out_html=str(tmp_path / "r.html"), survey="demo")
 
     assert not (tmp_path / "r.html").exists()
+
+
+def test_verdicts_compare_each_model_with_the_best_baseline():
+    evaluation = _evaluation("e0", n2n_faint=-0.005)
+    evaluation["baselines"] = ["gaussian", "bm3d"]
+    evaluation["scores"]["bm3d"] = _scores(2.5, 4.0, 35.0, faint=-0.09, bright=-0.01)
+    evaluation["scores"]["n2n"]["photometry"]["bright"]["bias"] = 0.002
+
+    rows = summarise([evaluation])
+    (verdict,) = verdicts(rows)
+
+    assert [r["method"] for r in rows] == ["input", "gaussian", "bm3d", "n2n"]
+    assert [r["role"] for r in rows] == ["input", "baseline", "baseline", "model"]
+    assert verdict["baseline"] == "bm3d" and verdict["metric"] == "psnr"
+    assert verdict["delta"] == pytest.approx(-1.0) and verdict["beats"] is False
+    assert verdict["biased"] is False
+
+
+def test_summary_json_holds_the_numbers_of_the_page(tmp_path):
+    path = tmp_path / "field00" / "e0.json"
+    evaluation = _evaluation("e0")
+    evaluation["scores"]["n2n"]["detection"] = {
+        "n_detected": 12, "n_matched": 10, "n_false": 2, "depth90": 23.0,
+        "bins": [{"lo": 22.0, "hi": 23.0, "n_truth": 10, "n_recovered": 10, "n_found": 10,
+                  "n_true": 10, "completeness": 1.0, "purity": 1.0}]}
+    io.write_json(path, evaluation)
+    (tmp_path / "e0.png").write_bytes(PNG)
+
+    rows = report([str(path)], [str(tmp_path / "e0.png")], out_html=str(tmp_path / "r.html"),
+                  survey="demo", out_summary=str(tmp_path / "summary.json"))
+    summary = io.read_json(tmp_path / "summary.json")
+    html = (tmp_path / "r.html").read_text()
+
+    n2n = next(r for r in summary["rows"] if r["method"] == "n2n")
+    assert n2n["depth90"] == 23.0 and n2n["n_false"] == 2 and rows[-1]["n_false"] == 2
+    assert f"{n2n['faint_bias'] * 100:+.1f}%" in html and f"{n2n['psnr']:.2f}" in html
+    assert "field00" in html
+
+
+def test_report_opens_in_a_browser_with_every_image_and_no_script(tmp_path):
+    import browser
+
+    if reason := browser.missing():
+        pytest.skip(reason)
+    evaluation = _evaluation("e0", obj=SCRIPT)
+    evaluation["scores"]["n2n"] |= {
+        "photometry_by_magnitude": [{"mag": 22.25, "n": 5, "bias": -0.02, "scatter": 0.01}],
+        "residual": {"sky_mean": 0.0, "sky_std": 1.0, "histogram": [0.01] * 40, "source_mean": 0.1},
+        "power": {"k": [0.1, 0.3], "ratio": [0.5, 0.1]}}
+    path = tmp_path / "field00" / "e0.json"
+    io.write_json(path, evaluation)
+    (tmp_path / "e0.png").write_bytes(PNG)
+    html = tmp_path / "report.html"
+    report([str(path)], [str(tmp_path / "e0.png")], out_html=str(html), survey="demo")
+
+    page = browser.open_page(html, tmp_path / "report.png")
+
+    assert page.errors == []
+    assert page.alert is None and page.scripts == 0  # OBJECT's <script> stayed text
+    assert SCRIPT in page.text
+    assert len(page.images) >= 4 and all(i["complete"] and i["width"] > 0 for i in page.images)
+    assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")

@@ -83,6 +83,32 @@ def test_report_is_html_with_embedded_figures(demo_run):
 
 
 @pytest.mark.slow
+def test_report_numbers_equal_the_metrics_files_and_it_opens_in_a_browser(demo_run, tmp_path):
+    import browser
+
+    workdir, _ = demo_run
+    results = workdir / "results"
+    html = (results / "report/tiny/report.html").read_text()
+    summary = json.loads((results / "report/tiny/summary.json").read_text())
+    scores = json.loads((results / "evaluate/tiny/field00/field00_e00.json").read_text())["scores"]
+
+    # Every image kind is in the overview: the input, the three baselines and both models.
+    assert [r["method"] for r in summary["rows"]] == ["input", "gaussian", "nlm", "bm3d", "n2n", "n2v"]
+    for row in summary["rows"]:
+        assert f'data-method="{row["method"]}"' in html
+        assert f"{row['rms_ratio']:.2f}" in html and f"{row['psnr']:.2f}" in html
+    for name, s in scores.items():  # the per-exposure table shows the metrics file's numbers
+        assert f"{s['rms_ratio']:.2f}" in html and f"{s['ssim']:.3f}" in html
+    assert {v["method"] for v in summary["verdicts"]} == {"n2n", "n2v"}
+
+    if reason := browser.missing():
+        pytest.skip(reason)
+    page = browser.open_page(results / "report/tiny/report.html", tmp_path / "report.png")
+    assert page.errors == [] and page.scripts == 0
+    assert len(page.images) >= 6 and all(i["complete"] and i["width"] > 0 for i in page.images)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["n2n", "n2v"])
 def test_denoised_fits_keeps_wcs_and_lowers_blank_sky_noise(demo_run, method):
     workdir, _ = demo_run

@@ -169,7 +169,8 @@ def _report(args) -> None:
 
     report(args.evaluations, args.figures, out_html=args.out, survey=args.survey,
            noise_files=args.noise or [], curves=_pairs(args.curves), models=_pairs(args.models),
-           config=args.config, noise_survey=args.noise_survey, noise_plot=args.noise_plot)
+           config=args.config, noise_survey=args.noise_survey, noise_plot=args.noise_plot,
+           out_summary=args.summary)
     print(f"report written to {args.out}")
 
 
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-plot", help="mean-variance PNG from noise-survey")
     p.add_argument("--survey", required=True, help="survey name for the title")
     p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--summary", help="JSON file for the overview numbers of the page")
     return parser
 
 

@@ -14,6 +14,30 @@ Gaussian-smoothing baseline) is scored the same way:
   (bright: S/N > 50; faint: 5 < S/N < 20) the median fractional flux bias
   ``(F - F_ref) / F_ref`` and its robust scatter. A denoiser that lowers the noise but
   dims faint sources shows a negative faint bias: photometry is the science.
+  ``photometry.by_magnitude`` gives the same per magnitude bin (catalogue magnitudes
+  when a catalogue exists, else instrumental ``-2.5 log10 F_ref``).
+- ``power``: radially averaged power spectrum of blank sky (``image - background`` with
+  sources masked), as the ratio to the input's per spatial-frequency bin (cycles per
+  pixel, 0 to 0.5). A denoiser that only removes high frequencies leaves the low-k ratio
+  near 1; correlated residual structure shows as a ratio above the white-noise floor.
+- ``residual``: the input minus the image in units of the measured noise sigma. Over
+  blank sky its mean and standard deviation (a denoiser that removes only noise leaves
+  about N(0, 1) when its output is close to the truth) and a histogram for the report;
+  ``source_mean`` is the median over sources of the mean residual in their aperture: a
+  positive value is signal removed at the positions of sources.
+- ``detection``: sources detected on the image (photutils segmentation, at least 5
+  connected pixels above ``detect_threshold`` times the image's own blank-sky RMS),
+  matched to the truth catalogue within ``match_radius`` x FWHM. Per magnitude bin,
+  completeness (matched catalogue sources / catalogue sources) and purity (detections
+  that match a catalogue source / detections, a detection taking its match's catalogue
+  magnitude, an unmatched one its measured magnitude); ``depth90`` is the faint edge of
+  the last bin, brighter ones included, where both stay at or above 90%, and
+  ``n_false`` the detections matching no catalogue source (invented sources). Without a
+  catalogue only ``n_detected`` is given.
+
+The classical baselines (Gaussian smoothing; scikit-image non-local means and BM3D on
+the variance-stabilised image, see :mod:`astrodenoise.baselines`) are scored in the same
+run, on the same pixels and sources.
 """
 
 from __future__ import annotations
@@ -28,8 +52,9 @@ from astropy.table import Table
 from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
 from matplotlib.figure import Figure
 from photutils.aperture import CircularAperture, aperture_photometry
-from photutils.segmentation import SourceCatalog, detect_sources
+from photutils.segmentation import SourceCatalog, SourceFinder, detect_sources
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from skimage.metrics import structural_similarity
 
 from . import io
@@ -44,6 +69,13 @@ __all__ = [
     "flux_bias",
     "gaussian_baseline",
     "score_image",
+    "power_spectrum",
+    "residual_statistics",
+    "photometry_by_magnitude",
+    "detect",
+    "detection_scores",
+    "pool_detection_bins",
+    "depth90",
     "evaluate",
 ]
 
@@ -55,16 +87,26 @@ class EvaluateConfig:
     ``gaussian_sigma`` is the width (pixels) of the Gaussian-smoothing baseline;
     ``aperture_fwhm`` the aperture radius in units of the PSF FWHM; ``default_fwhm``
     the FWHM in pixels used when neither header nor catalogue give one; ``cutout`` the
-    side in pixels of the before/after figure.
+    side in pixels of the before/after figure; ``baselines`` the classical denoisers to
+    score (``gaussian``, ``nlm``, ``bm3d``); ``detect_threshold`` the detection level in
+    units of each image's blank-sky RMS; ``match_radius`` the catalogue match radius in
+    units of the FWHM; ``mag_bin`` the width of the magnitude bins.
     """
 
     gaussian_sigma: float = 1.0
     aperture_fwhm: float = 1.0
     default_fwhm: float = 3.5
     cutout: int = 192
+    baselines: tuple[str, ...] = ("gaussian", "nlm", "bm3d")
+    detect_threshold: float = 5.0
+    match_radius: float = 1.0
+    mag_bin: float = 0.5
 
     @classmethod
     def from_dict(cls, values: dict) -> EvaluateConfig:
+        values = dict(values)
+        if "baselines" in values:
+            values["baselines"] = tuple(values["baselines"])
         return cls(**values)
 
 
@@ -132,6 +174,142 @@ def score_image(image: np.ndarray, *, background, mask, truth=None, phot=None) -
     return scores
 
 
+def power_spectrum(image: np.ndarray, *, background: np.ndarray, mask: np.ndarray,
+                   n_bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Radially averaged power spectrum of blank sky.
+
+    ``image - background`` with sources (``mask`` True) and NaN set to 0, Fourier
+    transformed; power averaged in ``n_bins`` rings of spatial frequency from 0 to 0.5
+    cycles per pixel and divided by the number of blank pixels. Returns (k, power).
+    """
+    blank = ~mask & np.isfinite(image)
+    residual = np.where(blank, image - background, 0.0)
+    power = np.abs(np.fft.fft2(residual)) ** 2 / max(1, blank.sum())
+    ky, kx = np.meshgrid(np.fft.fftfreq(image.shape[0]), np.fft.fftfreq(image.shape[1]), indexing="ij")
+    k = np.hypot(ky, kx)
+    edges = np.linspace(0.0, 0.5, n_bins + 1)
+    ring = np.digitize(k, edges) - 1
+    valid = (ring >= 0) & (ring < n_bins) & (k > 0)
+    sums = np.bincount(ring[valid], power[valid], minlength=n_bins)
+    counts = np.bincount(ring[valid], minlength=n_bins)
+    return 0.5 * (edges[1:] + edges[:-1]), sums / np.maximum(counts, 1)
+
+
+def residual_statistics(data: np.ndarray, image: np.ndarray, *, sigma: float, mask: np.ndarray,
+                        positions: np.ndarray, radius: float) -> dict:
+    """``(data - image) / sigma`` over blank sky (mean, std, histogram) and at sources.
+
+    ``mask`` True = not blank sky; ``positions`` (n, 2) as (x, y). The histogram has
+    40 bins from -5 to 5 (counts normalised to a density, comparable with N(0, 1)).
+    """
+    residual = (data - image) / sigma
+    sky = residual[~mask & np.isfinite(residual)]
+    density, _ = np.histogram(sky, bins=40, range=(-5, 5), density=True)
+    out = {"sky_mean": float(np.mean(sky)), "sky_std": float(np.std(sky)),
+           "histogram": [round(float(v), 5) for v in density], "source_mean": None}
+    if len(positions):
+        area = np.pi * radius**2
+        out["source_mean"] = float(np.median(aperture_fluxes(residual, positions, radius=radius) / area))
+    return out
+
+
+def photometry_by_magnitude(flux: np.ndarray, reference: np.ndarray, mag: np.ndarray, *,
+                            bin_width: float) -> list[dict]:
+    """Median fractional flux bias and robust scatter per magnitude bin (brightest first)."""
+    good = (reference > 0) & np.isfinite(mag) & np.isfinite(flux)
+    if not good.any():
+        return []
+    ratio = (flux - reference) / np.where(reference > 0, reference, 1.0)
+    rows = []
+    start = np.floor(mag[good].min() / bin_width) * bin_width
+    for lo in np.arange(start, mag[good].max() + bin_width, bin_width):
+        pick = good & (mag >= lo) & (mag < lo + bin_width)
+        if pick.sum() >= 3:
+            rows.append({"mag": round(float(lo + bin_width / 2), 3), "n": int(pick.sum()),
+                         "bias": float(np.median(ratio[pick])), "scatter": float(mad_std(ratio[pick]))})
+    return rows
+
+
+def detect(image: np.ndarray, *, background: np.ndarray, rms: float,
+           threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sources above ``threshold * rms`` (at least 5 connected pixels), deblended.
+
+    Deblending (photutils multi-thresholding) keeps a faint neighbour from merging with a
+    bright star into one segment whose centroid matches neither: the deeper the image,
+    the more such blends. Returns centroids (n, 2) as (x, y) and segment fluxes (n,),
+    background-subtracted.
+    """
+    residual = np.nan_to_num(image - background)
+    finder = SourceFinder(n_pixels=5, deblend=True, progress_bar=False)
+    segments = finder(residual, threshold * rms)
+    if segments is None:
+        return np.empty((0, 2)), np.empty(0)
+    cat = SourceCatalog(residual, segments)
+    return np.column_stack([cat.x_centroid, cat.y_centroid]), np.asarray(cat.segment_flux, float)
+
+
+def detection_scores(found: np.ndarray, found_flux: np.ndarray, truth: np.ndarray, truth_mag: np.ndarray,
+                     *, radius: float, zeropoint: float, bin_width: float) -> dict:
+    """Completeness, purity and 90% depth of detections against a truth catalogue.
+
+    ``found`` (n, 2) and ``truth`` (m, 2) are (x, y) pixel positions; a detection is true
+    when a catalogue source lies within ``radius`` pixels. Magnitudes are
+    ``zeropoint - 2.5 log10(flux)`` for unmatched detections, the catalogue's for matched
+    ones. Bins run from the brightest catalogue magnitude in steps of ``bin_width``.
+    """
+    dist, nearest = cKDTree(truth).query(found, k=1) if len(found) else (np.empty(0), np.empty(0, int))
+    matched = dist <= radius
+    with np.errstate(divide="ignore", invalid="ignore"):
+        own_mag = np.where(found_flux > 0, zeropoint - 2.5 * np.log10(found_flux), np.inf)
+    found_mag = np.where(matched, truth_mag[np.minimum(nearest, len(truth) - 1)], own_mag)
+    recovered = np.zeros(len(truth), bool)
+    recovered[nearest[matched]] = True
+    start = np.floor(truth_mag.min() / bin_width) * bin_width
+    edges = np.arange(start, truth_mag.max() + bin_width, bin_width)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        in_truth = (truth_mag >= lo) & (truth_mag < hi)
+        in_found = (found_mag >= lo) & (found_mag < hi)
+        rows.append(_detection_bin(lo, hi, int(in_truth.sum()), int(recovered[in_truth].sum()),
+                                   int(in_found.sum()), int(matched[in_found].sum())))
+    return {"bins": rows, "depth90": depth90(rows), "n_detected": int(len(found)),
+            "n_matched": int(matched.sum()), "n_false": int((~matched).sum())}
+
+
+def _detection_bin(lo: float, hi: float, n_truth: int, n_recovered: int, n_found: int, n_true: int) -> dict:
+    return {"lo": round(float(lo), 3), "hi": round(float(hi), 3), "n_truth": n_truth,
+            "n_recovered": n_recovered, "n_found": n_found, "n_true": n_true,
+            "completeness": n_recovered / n_truth if n_truth else None,
+            "purity": n_true / n_found if n_found else None}
+
+
+def pool_detection_bins(per_exposure: list[list[dict]]) -> list[dict]:
+    """Sum the counts of detection bins over exposures (bins matched by their edges)."""
+    totals: dict[tuple, list[int]] = {}
+    for rows in per_exposure:
+        for r in rows:
+            key = (r["lo"], r["hi"])
+            counts = totals.setdefault(key, [0, 0, 0, 0])
+            for i, name in enumerate(("n_truth", "n_recovered", "n_found", "n_true")):
+                counts[i] += r[name]
+    return [_detection_bin(lo, hi, *counts) for (lo, hi), counts in sorted(totals.items())]
+
+
+def depth90(bins: list[dict], *, min_sources: int = 5) -> float | None:
+    """Faint edge of the last magnitude bin, brighter bins included, whose completeness
+    and purity are both at least 90%. Bins with fewer than ``min_sources`` catalogue
+    sources are too few to tell and neither extend nor end the run; None when the
+    first informative bin already fails."""
+    depth = None
+    for row in bins:
+        if row["n_truth"] < min_sources:
+            continue
+        if row["completeness"] < 0.9 or (row["purity"] is not None and row["purity"] < 0.9):
+            break
+        depth = row["hi"]
+    return depth
+
+
 def _detected_positions(image, background, rms) -> np.ndarray:
     segments = detect_sources(np.nan_to_num(image - background), 3.0 * rms, n_pixels=5)
     if segments is None:
@@ -177,10 +355,66 @@ def _figure(images: dict[str, np.ndarray], sigma: float, size: int, out_png: str
         fig.savefig(tmp, dpi=80, format="png")
 
 
+def _baselines(data: np.ndarray, measured: dict, config: EvaluateConfig) -> dict[str, np.ndarray]:
+    """The classical baselines of ``config.baselines``, each on the same input."""
+    from .baselines import NoiseModel, denoise
+
+    noise = NoiseModel.from_noise_json(measured)
+    out = {}
+    for name in config.baselines:
+        out[name] = (gaussian_baseline(data, sigma=config.gaussian_sigma) if name == "gaussian"
+                     else denoise(name, data, noise))
+    return out
+
+
+def _sources(catalog: str | None, data, background, rms, header, config) -> dict:
+    """Positions (x, y), magnitudes and PSF FWHM of the sources to measure.
+
+    From the catalogue when there is one (demo truth), else detected on the input, with
+    instrumental magnitudes from their segment fluxes (zero point 0).
+    """
+    fwhm = float(header.get("FWHM", config.default_fwhm))
+    if catalog:
+        table = Table.read(catalog, format="ascii.ecsv")
+        flux, mag = np.asarray(table["flux"], float), np.asarray(table["mag"], float)
+        zeropoint = float(np.median(mag + 2.5 * np.log10(flux))) if len(table) else 0.0
+        return {"positions": np.column_stack([table["x"], table["y"]]), "mag": mag, "zeropoint": zeropoint,
+                "fwhm": float(table.meta.get("fwhm_pix", fwhm)), "catalog": True}
+    positions, flux = detect(data, background=background, rms=rms, threshold=config.detect_threshold)
+    keep = flux > 0
+    return {"positions": positions[keep], "mag": -2.5 * np.log10(flux[keep]), "zeropoint": 0.0,
+            "fwhm": fwhm, "catalog": False}
+
+
+def _structure_scores(image, *, data, background, mask, sigma, phot, sources, config,
+                      input_power) -> dict:
+    """Power-spectrum ratio, normalised residuals, photometry by magnitude, detection."""
+    k, power = power_spectrum(image, background=background, mask=mask)
+    out = {"power": {"k": [round(float(v), 4) for v in k],
+                     "ratio": [float(v) for v in power / np.maximum(input_power, 1e-30)]}}
+    radius = phot["radius"] if phot else max(1.5, config.aperture_fwhm * sources["fwhm"])
+    out["residual"] = residual_statistics(data, image, sigma=sigma, mask=mask,
+                                          positions=sources["positions"], radius=radius)
+    if phot is not None:
+        fluxes = aperture_fluxes(image - background, phot["positions"], radius=phot["radius"])
+        out["photometry_by_magnitude"] = photometry_by_magnitude(
+            fluxes, phot["reference"], sources["mag"], bin_width=config.mag_bin)
+    rms = blank_sky_rms(image, background=background, mask=mask)
+    found, found_flux = detect(image, background=background, rms=rms, threshold=config.detect_threshold)
+    if sources["catalog"] and len(sources["positions"]):
+        out["detection"] = detection_scores(
+            found, found_flux, sources["positions"], sources["mag"],
+            radius=config.match_radius * sources["fwhm"], zeropoint=sources["zeropoint"],
+            bin_width=config.mag_bin)
+    else:
+        out["detection"] = {"n_detected": int(len(found))}
+    return out
+
+
 def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_json: str,
              out_png: str, truth_fits: str | None = None, catalog: str | None = None,
              config: EvaluateConfig = EvaluateConfig()) -> dict:
-    """Score the input, a Gaussian baseline and each denoised image of one exposure.
+    """Score the input, the classical baselines and each denoised image of one exposure.
 
     Parameters
     ----------
@@ -195,24 +429,23 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     measured = io.read_json(noise_json)
     background, rms = estimate_background(data)
     mask = source_mask(data, background, rms)
-    images = {"input": data, "gaussian": gaussian_baseline(data, sigma=config.gaussian_sigma)}
+    images = {"input": data} | _baselines(data, measured, config)
     images |= {name: io.open_zarr_image(path)[...] for name, path in denoised.items()}
     truth = io.read_fits_image(truth_fits)[0] if truth_fits else None
-    fwhm = float(header.get("FWHM", config.default_fwhm))
-    if catalog:
-        table = Table.read(catalog, format="ascii.ecsv")
-        positions = np.column_stack([table["x"], table["y"]])
-        fwhm = float(table.meta.get("fwhm_pix", fwhm))
-    else:
-        positions = _detected_positions(data, background, rms)
+    sources = _sources(catalog, data, background, rms, header, config)
     reference = truth if truth is not None else data
     phot = None
-    if len(positions):
-        phot = _photometry_setup(reference, background, positions, fwhm=fwhm,
+    if len(sources["positions"]):
+        phot = _photometry_setup(reference, background, sources["positions"], fwhm=sources["fwhm"],
                                  sigma=measured["sigma"], gain=measured.get("header_gain"),
                                  config=config)
-    scores = {name: score_image(img, background=background, mask=mask, truth=truth, phot=phot)
-              for name, img in images.items()}
+    input_power = power_spectrum(data, background=background, mask=mask)[1]
+    scores = {}
+    for name, img in images.items():
+        scores[name] = score_image(img, background=background, mask=mask, truth=truth, phot=phot)
+        scores[name] |= _structure_scores(img, data=data, background=background, mask=mask,
+                                          sigma=measured["sigma"], phot=phot, sources=sources,
+                                          config=config, input_power=input_power)
     for s in scores.values():
         s["rms_ratio"] = scores["input"]["rms_blank"] / s["rms_blank"]
         if truth is not None:
@@ -221,10 +454,13 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     result = {
         "exposure": Path(input_zarr).stem, "has_truth": truth is not None,
         "photometry_reference": "truth" if truth is not None else "input",
-        "n_sources": int(len(positions)), "aperture_radius": phot["radius"] if phot else None,
+        "n_sources": int(len(sources["positions"])), "aperture_radius": phot["radius"] if phot else None,
+        "baselines": list(config.baselines), "methods": list(denoised),
+        "magnitudes": "catalogue" if sources["catalog"] else "instrumental",
         "scores": scores, "config": dataclasses.asdict(config), "code_version": code_version(),
         "object": str(header.get("OBJECT", "")), "filter": str(header.get("FILTER", "")),
         "has_wcs": bool(array.attrs.get("has_wcs", True)),
+        "source_file": array.attrs.get("source_file"), "source_sha256": array.attrs.get("source_sha256"),
     }
     io.write_json(out_json, result)
     return result

@@ -1,9 +1,12 @@
 """Report: one self-contained HTML page per survey (figures embedded, no external files).
 
-The page shows the key numbers of every denoiser against the noisy input and the
-classical baseline, flags faint-source flux bias, and records the provenance (config,
-code version, model hashes). Rendering uses jinja2 with autoescaping: FITS header values
-are user text and must never become markup.
+The overview answers two questions at a glance: does each network beat the best
+classical denoiser, and does any photometric bias exceed 1%? Below it: the key numbers
+of every image kind (input, Gaussian, non-local means, BM3D, the networks), photometry
+and completeness against magnitude, normalised residuals and noise power spectra,
+per-field pages with cutouts, the noise model, training curves, and the provenance
+(config, code version, model and input-file hashes). Rendering uses jinja2 with
+autoescaping: FITS header values are user text and must never become markup.
 """
 
 from __future__ import annotations
@@ -20,16 +23,25 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
 from . import io
+from .evaluate import depth90, pool_detection_bins
 from .provenance import code_version
 
-__all__ = ["summarise", "report"]
+__all__ = ["summarise", "verdicts", "report", "BIAS_LIMIT"]
 
-#: Faint-source flux bias beyond which a method is flagged (fraction of the flux).
-FAINT_BIAS_LIMIT = 0.05
+#: Photometric bias (fraction of the flux, bright or faint sources) beyond which a
+#: result is flagged: a denoiser that shifts fluxes by more than 1% changes the science.
+BIAS_LIMIT = 0.01
 
 
 def _png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure_uri(fig: Figure) -> str:
+    fig.tight_layout()
+    buffer = _bytes_io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    return _png_data_uri(buffer.getvalue())
 
 
 def _mean(values) -> float | None:
@@ -37,25 +49,151 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarise(evaluations: list[dict]) -> list[dict]:
-    """Average each image kind's scores over exposures: one row per kind.
+def _kinds(evaluations: list[dict]) -> list[str]:
+    """Image kinds in reading order: the noisy input, the baselines, then the models."""
+    first = evaluations[0]
+    baselines = first.get("baselines", [k for k in first["scores"] if k == "gaussian"])
+    models = [k for k in first["scores"] if k != "input" and k not in baselines]
+    return ["input", *baselines, *models]
 
-    Rows come in reading order: the noisy input, the classical baseline, then the models.
+
+def _detection_summary(scores: list[dict]) -> dict:
+    detections = [s["detection"] for s in scores if "detection" in s]
+    with_bins = [d["bins"] for d in detections if "bins" in d]
+    pooled = pool_detection_bins(with_bins) if with_bins else []
+    return {"depth90": depth90(pooled) if pooled else None,
+            "n_detected": sum(d["n_detected"] for d in detections) if detections else None,
+            "n_false": sum(d["n_false"] for d in detections if "n_false" in d) if with_bins else None,
+            "detection_bins": pooled}
+
+
+def summarise(evaluations: list[dict]) -> list[dict]:
+    """One row per image kind: means over exposures of each score, pooled detection.
+
+    PSNR, SSIM, RMS and flux biases are means of the per-exposure values;
+    completeness and purity are pooled (counts summed over exposures) before the 90%
+    depth is read off; ``n_false`` (detections matching no catalogue source) is summed.
+    ``flag_bright``/``flag_faint`` mark |bias| > :data:`BIAS_LIMIT`.
     """
-    kinds = sorted(evaluations[0]["scores"], key=lambda k: (k != "input", k != "gaussian", k))
     rows = []
-    for kind in kinds:
+    for kind in _kinds(evaluations):
         scores = [e["scores"][kind] for e in evaluations if kind in e["scores"]]
-        row = {"method": kind, "n_exposures": len(scores)}
+        row = {"method": kind, "n_exposures": len(scores),
+               "role": "input" if kind == "input" else
+               ("baseline" if kind in evaluations[0].get("baselines", ["gaussian"]) else "model")}
         for key in ("rms_blank", "rms_ratio", "psnr", "psnr_gain", "ssim"):
             row[key] = _mean(s.get(key) for s in scores)
         for cls in ("bright", "faint"):
             row[f"{cls}_bias"] = _mean(s.get("photometry", {}).get(cls, {}).get("bias") for s in scores)
             row[f"{cls}_n"] = sum(s.get("photometry", {}).get(cls, {}).get("n", 0) for s in scores)
-        faint = row["faint_bias"]
-        row["flag"] = faint is not None and abs(faint) > FAINT_BIAS_LIMIT
+            row[f"flag_{cls}"] = row[f"{cls}_bias"] is not None and abs(row[f"{cls}_bias"]) > BIAS_LIMIT
+        row["flag"] = row["flag_bright"] or row["flag_faint"]
+        row["residual_source"] = _mean(s.get("residual", {}).get("source_mean") for s in scores)
+        row |= _detection_summary(scores)
         rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["depth_gain"] = (row["depth90"] - base["depth90"]
+                             if row["depth90"] is not None and base["depth90"] is not None else None)
+        row["extra_false"] = (row["n_false"] - base["n_false"]
+                              if row["n_false"] is not None and base["n_false"] is not None else None)
     return rows
+
+
+def verdicts(rows: list[dict]) -> list[dict]:
+    """For each model: the best classical baseline and whether the model beats it.
+
+    The baseline is ranked by PSNR where a truth exists, else by blank-sky RMS ratio;
+    a model "beats" it when its score is higher. Bias flags come from :func:`summarise`.
+    """
+    baselines = [r for r in rows if r["role"] == "baseline"]
+    key = "psnr" if all(r["psnr"] is not None for r in rows) else "rms_ratio"
+    best = max(baselines, key=lambda r: r[key], default=None)
+    out = []
+    for row in (r for r in rows if r["role"] == "model"):
+        delta = row[key] - best[key] if best else None
+        out.append({"method": row["method"], "baseline": best["method"] if best else None,
+                    "metric": key, "delta": delta, "beats": delta is not None and delta > 0,
+                    "biased": row["flag"], "bright_bias": row["bright_bias"],
+                    "faint_bias": row["faint_bias"]})
+    return out
+
+
+def _photometry_png(evaluations: list[dict], kinds: list[str]) -> str | None:
+    """Flux bias against magnitude, per image kind: mean over exposures, weighted by n."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.subplots()
+    for kind in kinds:
+        bins: dict[float, list] = {}
+        for e in evaluations:
+            for row in e["scores"].get(kind, {}).get("photometry_by_magnitude", []):
+                bins.setdefault(row["mag"], []).append((row["bias"], row["n"]))
+        if bins:
+            mags = sorted(bins)
+            bias = [np.average([b for b, _ in bins[m]], weights=[n for _, n in bins[m]]) for m in mags]
+            ax.plot(mags, np.array(bias) * 100, marker="o", label=kind)
+    if not ax.lines:
+        return None
+    ax.axhspan(-BIAS_LIMIT * 100, BIAS_LIMIT * 100, color="0.9")
+    ax.set_xlabel(f"magnitude ({evaluations[0].get('magnitudes', 'catalogue')})")
+    ax.set_ylabel("aperture flux bias (%)")
+    ax.legend(fontsize=7, ncol=2)
+    return _figure_uri(fig)
+
+
+def _completeness_png(rows: list[dict]) -> str | None:
+    """Pooled completeness (solid) and purity (dashed) against magnitude."""
+    if not any(r["detection_bins"] for r in rows):
+        return None
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.subplots()
+    for row in rows:
+        bins = [b for b in row["detection_bins"] if b["n_truth"]]
+        mags = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        line, = ax.plot(mags, [b["completeness"] for b in bins], marker="o", label=row["method"])
+        ax.plot([(b["lo"] + b["hi"]) / 2 for b in bins if b["purity"] is not None],
+                [b["purity"] for b in bins if b["purity"] is not None], ls="--", color=line.get_color())
+    ax.axhline(0.9, color="0.6", lw=0.8)
+    ax.set_xlabel("catalogue magnitude")
+    ax.set_ylabel("completeness (—), purity (--)")
+    ax.legend(fontsize=7, ncol=2)
+    return _figure_uri(fig)
+
+
+def _residual_png(evaluations: list[dict], kinds: list[str]) -> str | None:
+    """Blank-sky histogram of (input - image) / sigma against N(0, 1)."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.subplots()
+    centres = np.linspace(-5, 5, 41)[:-1] + 0.125
+    for kind in kinds[1:]:
+        hists = [e["scores"][kind]["residual"]["histogram"] for e in evaluations
+                 if "residual" in e["scores"].get(kind, {})]
+        if hists:
+            ax.plot(centres, np.mean(hists, axis=0), label=kind)
+    if not ax.lines:
+        return None
+    ax.plot(centres, np.exp(-centres**2 / 2) / np.sqrt(2 * np.pi), "k:", label="N(0, 1)")
+    ax.set_xlabel("(input - denoised) / sigma, blank sky")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7, ncol=2)
+    return _figure_uri(fig)
+
+
+def _power_png(evaluations: list[dict], kinds: list[str]) -> str | None:
+    """Blank-sky power spectrum of each image over the input's, against spatial frequency."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.subplots()
+    for kind in kinds[1:]:
+        spectra = [e["scores"][kind]["power"] for e in evaluations if "power" in e["scores"].get(kind, {})]
+        if spectra:
+            ax.plot(spectra[0]["k"], np.mean([sp["ratio"] for sp in spectra], axis=0), marker=".", label=kind)
+    if not ax.lines:
+        return None
+    ax.set_yscale("log")
+    ax.set_xlabel("spatial frequency (cycles / pixel)")
+    ax.set_ylabel("power / input power")
+    ax.legend(fontsize=7, ncol=2)
+    return _figure_uri(fig)
 
 
 def _curve_png(curves: dict[str, str]) -> str | None:
@@ -73,45 +211,59 @@ def _curve_png(curves: dict[str, str]) -> str | None:
     ax.set_ylabel("loss (normalised units)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = _bytes_io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    return _png_data_uri(buffer.getvalue())
+    return _figure_uri(fig)
 
 
 def report(evaluations: list[str], figures: list[str], *, out_html: str, survey: str,
            noise_files: list[str] = (), curves: dict[str, str] | None = None,
            models: dict[str, str] | None = None, config: dict | None = None,
-           noise_survey: str | None = None, noise_plot: str | None = None) -> None:
-    """Render the survey report to ``out_html`` (atomic).
+           noise_survey: str | None = None, noise_plot: str | None = None,
+           out_summary: str | None = None) -> list[dict]:
+    """Render the survey report to ``out_html`` (atomic); return the overview rows.
 
     ``evaluations`` and ``figures`` are parallel lists of the evaluate step's JSON and
-    PNG per exposure; ``curves`` maps a method to its training-curve CSV, ``models`` a
-    method to its checkpoint (hashed for provenance); ``config`` is the workflow config;
-    ``noise_survey`` and ``noise_plot`` the survey noise JSON and mean-variance PNG.
+    PNG per exposure (the name of the folder holding a JSON is its field); ``curves``
+    maps a method to its training-curve CSV, ``models`` a method to its checkpoint
+    (hashed for provenance); ``config`` is the workflow config; ``noise_survey`` and
+    ``noise_plot`` the survey noise JSON and mean-variance PNG. ``out_summary``, when
+    given, receives the overview rows and verdicts as JSON: the numbers of the page.
     """
     evals = [io.read_json(p) for p in evaluations]
     if not evals:
         raise ValueError("report needs at least one evaluation")
-    exposures = [
-        {"eval": e, "figure": _png_data_uri(Path(png).read_bytes())}
-        for e, png in zip(evals, figures, strict=True)
-    ]
+    fields: dict[str, list[dict]] = {}
+    for e, path, png in zip(evals, evaluations, figures, strict=True):
+        fields.setdefault(Path(path).parent.name, []).append(
+            {"eval": e, "figure": _png_data_uri(Path(png).read_bytes())})
+    rows = summarise(evals)
+    kinds = [r["method"] for r in rows]
     env = Environment(loader=PackageLoader("astrodenoise", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     html = env.get_template("report.html.j2").render(
         survey=survey,
-        summary=summarise(evals),
-        exposures=exposures,
+        summary=rows,
+        verdicts=verdicts(rows),
+        fields=fields,
+        n_exposures=len(evals),
+        has_truth=all(e.get("has_truth") for e in evals),
+        plots={"photometry": _photometry_png(evals, kinds), "completeness": _completeness_png(rows),
+               "residual": _residual_png(evals, kinds), "power": _power_png(evals, kinds)},
         noise=[io.read_json(p) for p in noise_files],
         survey_noise=io.read_json(noise_survey) if noise_survey else None,
         noise_plot=_png_data_uri(Path(noise_plot).read_bytes()) if noise_plot else None,
         curve=_curve_png(curves or {}),
         models={m: io.file_sha256(p)[:16] for m, p in (models or {}).items()},
+        inputs=[(e["exposure"], e.get("source_file"), e.get("source_sha256")) for e in evals],
         config_yaml=yaml.safe_dump(config or {}, sort_keys=False),
         code_version=code_version(),
         created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        faint_limit=FAINT_BIAS_LIMIT,
+        bias_limit=BIAS_LIMIT,
     )
+    if out_summary:
+        io.write_json(out_summary, {"survey": survey, "n_exposures": len(evals),
+                                    "rows": [{k: v for k, v in r.items() if k != "detection_bins"}
+                                             for r in rows],
+                                    "verdicts": verdicts(rows), "bias_limit": BIAS_LIMIT})
     with io.atomic_path(out_html) as tmp:
         tmp.write_text(html, encoding="utf-8")
+    return rows

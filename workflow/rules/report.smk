@@ -11,11 +11,12 @@ rule report:
         curves=expand("results/train/{{survey}}/{method}/curve.csv", method=METHODS),
         models=expand("results/train/{{survey}}/{method}/model.pt", method=METHODS),
     output:
-        report(
+        html=report(
             "results/report/{survey}/report.html",
             caption="../report/report.rst",
             category="Report",
         ),
+        summary="results/report/{survey}/summary.json",
     params:
         curves=lambda wc, input: [f"{m}={p}" for m, p in zip(METHODS, input.curves)],
         models=lambda wc, input: [f"{m}={p}" for m, p in zip(METHODS, input.models)],
@@ -33,4 +34,4 @@ rule report:
     shell:
         "python -m astrodenoise report --survey {wildcards.survey} @{input.lists:q} --curves {params.curves:q}"
         " --noise-survey {input.noise_survey:q} --noise-plot {input.noise_plot:q}"
-        " --models {params.models:q} --config {params.cfg:q} --out {output:q} > {log:q} 2>&1"
+        " --models {params.models:q} --config {params.cfg:q} --out {output.html:q} --summary {output.summary:q} > {log:q} 2>&1"
