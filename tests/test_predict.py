@@ -337,3 +337,17 @@ def test_model_of_another_domain_is_refused(tmp_path, tiny_checkpoint):
 
     with pytest.raises(ValueError, match="linear normalisation only"):
         load_model(str(tmp_path / "gat.pt"), "cpu")
+
+
+@pytest.mark.parametrize("rows, per_row, workers", [((64, 64, 86), 3, 1), ((64,) * 5, 2, 3), ((100,), 1, 1)])
+def test_bands_cover_the_rows_once_at_block_edges(rows, per_row, workers):
+    from astrodenoise.predict import _bands
+
+    bands = _bands(rows, blocks_per_row=per_row, workers=workers)
+
+    edges = set(np.cumsum((0,) + rows).tolist())
+    assert bands[0].start == 0 and bands[-1].stop == sum(rows)
+    assert all(a.stop == b.start for a, b in zip(bands[:-1], bands[1:], strict=True))
+    assert {b.start for b in bands} | {b.stop for b in bands} <= edges
+    blocks = [sum(1 for e in edges if b.start <= e < b.stop) for b in bands]
+    assert all(n * per_row >= min(2 * workers, len(rows) * per_row) for n in blocks[:-1])
