@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 
@@ -15,6 +16,7 @@ from astrodenoise.train import (
     Normalisation,
     TrainConfig,
     exposure_normalisation,
+    hide_lines,
     n2v_mask,
     normalise,
     train,
@@ -34,7 +36,7 @@ def n2v_exposures(make_image):
 @pytest.fixture
 def quick_config(tiny_unet):
     return TrainConfig(method="n2v", steps=3, batch_size=4, patch_size=32, val_every=100,
-                       seed=0, model=tiny_unet)
+                       inject=False, flux_weight=0.0, seed=0, model=tiny_unet)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,9 @@ def test_normalise_subtracts_offset_divides_scale_and_zeroes_nan():
     ({"method": "n2x"}, "method"),
     ({"loss": "huber"}, "loss"),
     ({"patch_size": 30}, "multiple"),
+    ({"transform": "sqrt"}, "transform"),
+    ({"select": "psnr"}, "select"),
+    ({"blind_spot": "z"}, "blind_spot"),
 ])
 def test_train_config_rejects_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -218,8 +223,9 @@ def test_checkpoint_layout(field_exposures, quick_config):
 
 
 def test_short_n2n_training_lowers_validation_loss(field_exposures, tiny_unet):
-    config = TrainConfig(method="n2n", steps=60, batch_size=8, patch_size=32,
-                         learning_rate=3e-3, val_every=10, patience=100, seed=0, model=tiny_unet)
+    config = TrainConfig(method="n2n", steps=60, batch_size=8, patch_size=32, learning_rate=3e-3,
+                         val_every=10, patience=100, inject=False, flux_weight=0.0, seed=0,
+                         model=tiny_unet)
 
     checkpoint = train_model(field_exposures, config)
 
@@ -235,7 +241,8 @@ def test_short_n2n_training_lowers_validation_loss(field_exposures, tiny_unet):
 def test_patience_stops_training_early(field_exposures, tiny_unet):
     # Learning rate 0: the validation loss never improves after the first evaluation.
     config = TrainConfig(method="n2v", steps=50, batch_size=2, patch_size=32, learning_rate=0.0,
-                         val_every=5, patience=2, seed=0, model=tiny_unet)
+                         val_every=5, patience=2, inject=False, flux_weight=0.0, seed=0,
+                         model=tiny_unet)
 
     checkpoint = train_model(field_exposures, config)
 
@@ -260,6 +267,7 @@ def test_train_step_writes_loadable_checkpoint_and_curve(tmp_path, field_exposur
           config=quick_config)
 
     loaded = io.load_checkpoint(out)
+    assert not (tmp_path / "model.pt.partial").exists()  # the resume point is gone once done
     assert loaded["inputs"][0] == {"image": images[0], "sha256": field_exposures[0].name * 2,
                                    "field": "field00"}
     assert loaded["code_version"]
@@ -317,3 +325,133 @@ def test_exposure_normalisation_reads_old_and_new_checkpoints():
 
     assert old == Normalisation("linear", offset=80.0, scale=6.5)
     assert new == Normalisation("gat", offset=80.0, scale=7.0, gain=2.0)
+
+
+# --- structured blind spot, flux probe and flux loss ------------------------------------
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_hide_lines_hides_the_line_never_the_target_value(axis):
+    ny = nx = 16
+    generator = torch.Generator().manual_seed(3)
+    values = torch.arange(4 * ny * nx, dtype=torch.float32).reshape(4, ny * nx)
+    b, target, _ = n2v_mask((4, ny, nx), fraction=1 / 256, neighbourhood=5, generator=generator)
+    flat = values.clone()
+
+    hide_lines(flat, b, target, shape=(ny, nx), axis=axis, half=2, generator=generator)
+
+    changed = (flat != values).reshape(4, ny, nx)
+    ty, tx = target // nx, target % nx
+    for i, y, x in zip(b.tolist(), ty.tolist(), tx.tolist(), strict=True):
+        assert not changed[i, y, x]
+        line = changed[i, y, max(0, x - 2):x + 3] if axis == "x" else changed[i, max(0, y - 2):y + 3, x]
+        assert line.sum() >= min(line.numel() - 1, 2)
+        # No hidden pixel took the target's own (original) value.
+        assert not (flat[i] == values[i, y * nx + x]).sum() > 1
+    ys, xs = np.nonzero(changed.any(0).numpy())
+    near = [(abs(y - ty) <= 2) & (abs(x - tx) <= 2) for y, x in zip(ys, xs, strict=True)]
+    assert all(bool(n.any()) for n in near)
+
+
+@pytest.mark.parametrize("correlation, setting, expected", [
+    ((0.0, 0.0), "auto", None), ((0.4, 0.05), "auto", "x"), ((0.05, -0.3), "auto", "y"),
+    ((0.4, 0.0), "point", None), ((0.0, 0.0), "y", "y"),
+])
+def test_blind_line_axis_follows_the_noise_correlation(make_image, correlation, setting, expected):
+    from astrodenoise.train import _blind_line_axis
+
+    exposures = [Exposure("e", "f", make_image(64).data, 100.0, 3.0, correlation=correlation)]
+    config = TrainConfig(method="n2v", blind_spot=setting)
+
+    assert _blind_line_axis(exposures, config) == expected
+
+
+def _gat_exposures(make_image, n=2):
+    images = [make_image(96, sky=200.0, gain=2.0, read_noise=5.0, n_stars=25, seed=20 + i) for i in range(n)]
+    return [Exposure(f"e{i}", "f", im.data, im.sky, im.sigma, gain=im.gain) for i, im in enumerate(images)]
+
+
+class _Scaled(torch.nn.Module):
+    """A stand-in model: the input times ``factor`` (1: identity, 0.5: dims everything)."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+        self.config = dataclasses.replace(TrainConfig().model, depth=2)
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def test_flux_probe_reads_zero_for_identity_and_negative_for_dimming(make_image):
+    from astrodenoise.train import _aperture_radius, _empirical_psf, _PhotometryProbe, _source_stamps
+
+    exposures = _gat_exposures(make_image)
+    config = TrainConfig(patch_size=32, val_fraction=0.3)
+    norms = [Normalisation("gat", offset=e.sky_level, scale=e.sigma, gain=e.gain) for e in exposures]
+    rng = np.random.default_rng(0)
+    psf = _empirical_psf(exposures, norms)
+    probe = _PhotometryProbe(exposures, norms, config, rng, stamps=_source_stamps(psf, rng),
+                             radius=_aperture_radius(psf))
+
+    identity, dimmed = probe.measure(_Scaled(1.0)), probe.measure(_Scaled(0.5))
+
+    assert abs(identity["bias_faint"]) < 0.05 and abs(identity["bias_bright"]) < 0.05
+    assert dimmed["bias_faint"] < -0.2 and dimmed["bias_bright"] < -0.2
+
+
+def test_flux_loss_small_for_identity_large_for_dimming(make_image):
+    from astrodenoise.train import _flux_loss, _PatchSampler, _source_stamps
+
+    exposures = _gat_exposures(make_image)
+    config = TrainConfig(method="n2v", patch_size=32, batch_size=8)
+    norms = [Normalisation("gat", offset=e.sky_level, scale=e.sigma, gain=e.gain) for e in exposures]
+    rng = np.random.default_rng(1)
+    psf = np.zeros((15, 15))
+    psf[6:9, 6:9] = 1 / 9
+    sampler = _PatchSampler(exposures, config, norms, rng, stamps=_source_stamps(psf, rng), radius=2.0)
+
+    batch = sampler.batch()
+    inputs = torch.from_numpy(batch["inputs"])
+
+    assert batch["inputs"].shape == (16, 32, 32) and batch["known"].shape == (8,)
+    assert float(_flux_loss(inputs, batch)) < 3.0  # the injected source's own noise
+    assert float(_flux_loss(0.5 * inputs, batch)) > 10 * float(_flux_loss(inputs, batch))
+
+
+def test_short_n2v_training_lowers_validation_loss_with_gat(make_image, tiny_unet):
+    config = TrainConfig(method="n2v", steps=30, batch_size=4, patch_size=32, learning_rate=3e-3,
+                         val_every=10, val_fraction=0.3, patience=100, select="loss", seed=0,
+                         model=tiny_unet)
+
+    checkpoint = train_model(_gat_exposures(make_image), config)
+
+    losses = [row["val_loss"] for row in checkpoint["history"]]
+    assert checkpoint["normalisation"]["kind"] == "gat"
+    assert min(losses[1:]) < losses[0]
+    assert all(row["bias_faint"] is not None for row in checkpoint["history"])
+
+
+def test_resumed_training_ends_with_the_same_weights(field_exposures, tiny_unet):
+    # Injection and the flux loss on: their random draws must resume exactly too.
+    config = TrainConfig(method="n2n", steps=12, batch_size=2, patch_size=32, val_every=4,
+                         patience=100, seed=0, model=tiny_unet)
+    saved = []
+
+    full = train_model(field_exposures, config, on_validation=lambda s: saved.append(copy.deepcopy(s)))
+    resumed = train_model(field_exposures, config, resume=saved[1])
+
+    assert saved[1]["step"] == 8
+    assert _same_weights(full["model"], resumed["model"])
+    assert [r["val_loss"] for r in full["history"]] == [r["val_loss"] for r in resumed["history"]]
+
+
+def test_plot_curve_writes_png(tmp_path):
+    from astrodenoise.train import plot_curve
+
+    history = [{"step": s, "train_loss": 1.0 / s, "val_loss": 1.2 / s, "bias_bright": 0.01,
+                "bias_faint": None} for s in (10, 20)]
+
+    plot_curve(tmp_path / "curve.png", history, best_step=20)
+
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -127,8 +127,10 @@ def _train(args) -> None:
 
     config = TrainConfig.from_dict(args.config | {"method": args.method, "threads": args.threads})
     checkpoint = train(args.images, args.noise, args.fields, out_checkpoint=args.out,
-                       out_curve=args.curve, config=config, registrations=args.registrations or [])
-    print(f"{args.method}: best validation step {checkpoint['best_step']} of {checkpoint['step']}")
+                       out_curve=args.curve, config=config, registrations=args.registrations or [],
+                       out_plot=args.plot)
+    print(f"{args.method}: kept step {checkpoint['best_step']} of {checkpoint['step']} "
+          f"({checkpoint['normalisation']['kind']} domain)")
 
 
 def _predict(args) -> None:
@@ -232,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="n2v: blind spot, single exposures; n2n: pairs of exposures of a field")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--curve", required=True, help="training curve CSV to write")
+    p.add_argument("--plot", help="training curve PNG to write (optional)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: all)")
     p.add_argument("--registrations", nargs="*", help="register JSON per field (Noise2Noise alignment)")
 

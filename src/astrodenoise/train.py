@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from tqdm import tqdm
 
 from . import io
@@ -42,6 +43,8 @@ __all__ = [
     "n2v_mask",
     "train_model",
     "write_curve",
+    "plot_curve",
+    "hide_lines",
     "train",
 ]
 
@@ -59,6 +62,20 @@ class TrainConfig:
     or ``"l1"`` (robust against cosmic rays and other outliers); ``source_fraction`` the
     share of training patches placed on a source (a pixel above 5 sigma): sources cover
     a few percent of a survey image, and uniform patches would rarely teach the net them.
+
+    ``transform`` maps data to the network's domain: ``"gat"`` the generalised Anscombe
+    transform (Poisson-Gaussian noise; the loss is then MSE on unit-variance noise),
+    ``"linear"`` sky-subtracted and divided by the survey sigma, ``"auto"`` GAT whenever
+    every exposure has a gain. ``grad_clip`` caps the gradient norm (0: off).
+    ``inject`` validates on sources of known flux injected into the validation rows, and
+    with ``select="photometry"`` the kept step is the lowest validation loss among those
+    whose median injected-flux bias is within ``bright_tolerance`` / ``faint_tolerance``
+    (fractions), else the smallest bias; ``select="loss"`` uses the loss alone.
+    ``flux_weight`` weighs a loss term on sources injected into every training patch
+    (:func:`_flux_loss`), which counters the dimming of faint sources (0: off).
+    ``blind_spot`` (N2V): ``"point"``, ``"x"``/``"y"`` (structN2V: also hide ``struct_half``
+    pixels either side along that axis) or ``"auto"``: structured along the axis whose
+    lag-1 noise autocorrelation exceeds ``correlation_limit``.
     """
 
     method: str = "n2v"
@@ -73,15 +90,26 @@ class TrainConfig:
     val_every: int = 100
     patience: int = 6
     source_fraction: float = 0.5
+    transform: str = "auto"
+    grad_clip: float = 1.0
+    inject: bool = True
+    flux_weight: float = 0.0
+    select: str = "photometry"
+    bright_tolerance: float = 0.005
+    faint_tolerance: float = 0.03
+    blind_spot: str = "auto"
+    correlation_limit: float = 0.1
+    struct_half: int = 2
     seed: int = 0
     threads: int = 0
     model: UNetConfig = field(default_factory=UNetConfig)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"train method {self.method!r} unknown; use one of {METHODS}")
-        if self.loss not in ("mse", "l1"):
-            raise ValueError(f"train loss {self.loss!r} unknown; use 'mse' or 'l1'")
+        choices = {"method": METHODS, "loss": ("mse", "l1"), "transform": ("auto", "gat", "linear"),
+                   "select": ("photometry", "loss"), "blind_spot": ("auto", "point", "x", "y")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"train {key} {getattr(self, key)!r} unknown; use one of {allowed}")
         if self.patch_size % 2 ** self.model.depth:
             raise ValueError(f"patch_size {self.patch_size} must be a multiple of "
                              f"2**depth = {2 ** self.model.depth}")
@@ -107,6 +135,8 @@ class Exposure:
     sky_level: float
     sigma: float
     bad: np.ndarray | None = None  # (ny, nx) bool, True = excluded from the loss
+    gain: float | None = None  # e-/ADU; None: Poisson-Gaussian model unknown
+    correlation: tuple[float, float] = (0.0, 0.0)  # lag-1 noise autocorrelation (x, y)
 
 
 def normalise(data: np.ndarray, *, offset: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -116,13 +146,28 @@ def normalise(data: np.ndarray, *, offset: float, scale: float) -> tuple[np.ndar
     return out.astype(np.float32), nodata
 
 
-def _anscombe_inverse(d: np.ndarray) -> np.ndarray:
+def _anscombe_inverse(d: torch.Tensor) -> torch.Tensor:
     """Closed-form approximation of the exact unbiased inverse of ``2 sqrt(z + 3/8)``
     (Makitalo & Foi 2011): the ``z`` whose transform has expectation ``d`` under Poisson
     noise. The algebraic inverse ``d**2/4 - 3/8`` is biased low by about 1/4 count."""
-    d = np.maximum(d, 1.0)  # the series diverges below ~1 (a few counts), far below any sky
-    r = np.sqrt(1.5)
-    return np.maximum(d**2 / 4 + r / (4 * d) - 11 / (8 * d**2) + 5 * r / (8 * d**3) - 1 / 8, 0.0)
+    d = d.clamp(min=1.0)  # the series diverges below ~1 (a few counts), far below any sky
+    r = 1.5**0.5
+    return (d**2 / 4 + r / (4 * d) - 11 / (8 * d**2) + 5 * r / (8 * d**3) - 1 / 8).clamp(min=0.0)
+
+
+def to_data(u: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Differentiable inverse of :class:`Normalisation` for a batch.
+
+    ``u`` is (batch, ...) in the network domain; ``params`` (batch, 4) holds each item's
+    ``Normalisation.params()``: (1 for "gat" else 0, offset, scale, gain).
+    """
+    shape = (-1,) + (1,) * (u.dim() - 1)
+    is_gat, offset, scale, gain = (params[:, i].reshape(shape) for i in range(4))
+    linear = u * scale + offset
+    pedestal = (gain * scale) ** 2
+    electrons = _anscombe_inverse(u + 2 * torch.sqrt(pedestal + 3 / 8))
+    gat = (electrons - pedestal) / gain.clamp(min=1e-12) + offset
+    return torch.where(is_gat > 0, gat, linear)
 
 
 @dataclass(frozen=True)
@@ -181,11 +226,13 @@ class Normalisation:
 
     def inverse(self, image: np.ndarray) -> np.ndarray:
         """Map network-domain values back to data units (float32, ADU)."""
-        u = np.asarray(image, dtype=np.float64)
-        if self.kind == "linear":
-            return (u * self.scale + self.offset).astype(np.float32)
-        electrons = _anscombe_inverse(u + 2 * np.sqrt(self._pedestal + 3 / 8))
-        return ((electrons - self._pedestal) / self.gain + self.offset).astype(np.float32)
+        u = torch.from_numpy(np.asarray(image, dtype=np.float64))[None]
+        params = torch.tensor([self.params()], dtype=torch.float64)
+        return to_data(u, params)[0].numpy().astype(np.float32)
+
+    def params(self) -> tuple[float, float, float, float]:
+        """(1 for "gat" else 0, offset, scale, gain): the row :func:`to_data` takes."""
+        return (float(self.kind == "gat"), self.offset, self.scale, self.gain)
 
 
 def exposure_normalisation(stats: dict, noise: dict) -> Normalisation:
@@ -242,12 +289,19 @@ def n2v_mask(shape: tuple[int, int, int], *, fraction: float, neighbourhood: int
 class _PatchSampler:
     """Draws training and validation patches from normalised exposures."""
 
-    def __init__(self, exposures: list[Exposure], config: TrainConfig, scale: float,
-                 rng: np.random.Generator):
-        self.config, self.rng = config, rng
+    def __init__(self, exposures: list[Exposure], config: TrainConfig, norms: list[Normalisation],
+                 rng: np.random.Generator, *, keep_axes: bool = False, stamps: np.ndarray | None = None,
+                 radius: float = 3.0):
+        self.config, self.rng, self.norms = config, rng, norms
+        self.stamps, self.radius = stamps, radius  # sources to inject, aperture radius (px)
+        self.data = [exp.data for exp in exposures]
+        self.sigmas = [exp.sigma for exp in exposures]
+        # A structured blind spot runs along the detector axes: rotating a patch by 90
+        # degrees would turn it across the correlation, so only flips are drawn then.
+        self.rotations = (0, 2) if keep_axes else (0, 1, 2, 3)
         self.images, self.nodata = [], []
-        for exp in exposures:
-            image, nodata = normalise(exp.data, offset=exp.sky_level, scale=scale)
+        for exp, norm in zip(exposures, norms, strict=True):
+            image, nodata = norm.forward(exp.data)
             self.images.append(image)
             self.nodata.append(nodata if exp.bad is None else nodata | exp.bad)
         self.fields: dict[str, list[int]] = {}
@@ -286,23 +340,71 @@ class _PatchSampler:
         p = self.config.patch_size
         return self.images[i][y:y + p, x:x + p], self.nodata[i][y:y + p, x:x + p]
 
-    def batch(self, *, val: bool = False):
-        """Return (inputs, targets, nodata) float32/bool arrays of shape (B, P, P)."""
-        inputs, targets, masks = [], [], []
+    def _pair(self) -> tuple[int, int]:
+        if self.config.method == "n2n":
+            field_name = list(self.pairs)[self.rng.integers(len(self.pairs))]
+            a, b = self.rng.choice(self.pairs[field_name], size=2, replace=False)
+            return int(a), int(b)
+        a = int(self.rng.integers(len(self.images)))
+        return a, a
+
+    def batch(self, *, val: bool = False) -> dict:
+        """Return a batch: ``inputs``, ``targets`` (float32) and ``nodata`` (bool), each
+        (B, P, P). Training batches with ``stamps`` hold each patch twice, the second
+        time with a source of known flux injected (see :meth:`_inject`), and add
+        ``aperture`` (B, P, P) float32, ``known`` and ``noise`` (B,) (injected aperture
+        flux and the aperture's sky noise, data units) and ``params`` (B, 4) for
+        :func:`to_data`; the first B/2 items are the clean copies."""
+        rows = []
         for _ in range(self.config.batch_size):
-            if self.config.method == "n2n":
-                field_name = list(self.pairs)[self.rng.integers(len(self.pairs))]
-                a, b = self.rng.choice(self.pairs[field_name], size=2, replace=False)
-            else:
-                a = b = int(self.rng.integers(len(self.images)))
+            a, b = self._pair()
             y, x = self._corner(a, val)
-            src, bad_a = self._cut(a, y, x)
-            dst, bad_b = self._cut(b, y, x)
-            k, flip = (0, False) if val else (int(self.rng.integers(4)), bool(self.rng.integers(2)))
-            for arr, out in ((src, inputs), (dst, targets), (bad_a | bad_b, masks)):
-                arr = np.rot90(arr, k)
-                out.append(np.ascontiguousarray(arr[:, ::-1] if flip else arr))
-        return np.stack(inputs), np.stack(targets), np.stack(masks)
+            (src, bad_a), (dst, bad_b) = self._cut(a, y, x), self._cut(b, y, x)
+            k, flip = (0, False) if val else (int(self.rng.choice(self.rotations)),
+                                              bool(self.rng.integers(2)))
+            rows.append([_dihedral(arr, k, flip) for arr in (src, dst, bad_a | bad_b)])
+            if self.stamps is not None and not val:
+                p = self.config.patch_size
+                raw = [_dihedral(self.data[i][y:y + p, x:x + p], k, flip) for i in (a, b)]
+                rows[-1] += self._inject(raw, (a, b))
+        if len(rows[0]) == 3:
+            src, dst, bad = zip(*rows, strict=True)
+            return {"inputs": np.stack(src), "targets": np.stack(dst), "nodata": np.stack(bad)}
+        src, dst, bad, inj_src, inj_dst, aperture, known, noise, params = zip(*rows, strict=True)
+        zeros = tuple(np.zeros_like(ap) for ap in aperture)
+        return {"inputs": np.stack(src + inj_src), "targets": np.stack(dst + inj_dst),
+                "nodata": np.stack(bad + bad), "aperture": np.stack(zeros + aperture),
+                "known": np.array(known, np.float64), "noise": np.array(noise, np.float64),
+                "params": np.array(params + params, np.float64)}
+
+    def _inject(self, raw: list[np.ndarray], pair: tuple[int, int]) -> list:
+        """Add one source of known flux (a random stamp, aperture S/N log-uniform in 5-500)
+        to the input patch and, with its own Poisson noise, to the target patch."""
+        half = self.stamps.shape[1] // 2
+        p = self.config.patch_size
+        stamp = self.stamps[self.rng.integers(len(self.stamps))]
+        disk = _disk(half, self.radius)
+        noise = self.sigmas[pair[0]] * np.sqrt(disk.sum())
+        snr = np.exp(self.rng.uniform(np.log(5), np.log(500)))
+        flux = snr * noise / (stamp * disk).sum()
+        cy, cx = self.rng.integers(half, p - half, size=2)
+        out = []
+        for arr, i in zip(raw, pair, strict=True):
+            norm = self.norms[i]
+            source = flux * stamp
+            if norm.kind == "gat":
+                source = source + self.rng.normal(0.0, 1.0, source.shape) * np.sqrt(source / norm.gain)
+            arr = arr.astype(np.float64)
+            arr[cy - half:cy + half + 1, cx - half:cx + half + 1] += source
+            out.append(norm.forward(arr)[0])
+        aperture = np.zeros((p, p), np.float32)
+        aperture[cy - half:cy + half + 1, cx - half:cx + half + 1] = disk
+        return out + [aperture, flux * (stamp * disk).sum(), noise, self.norms[pair[0]].params()]
+
+
+def _dihedral(arr: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    arr = np.rot90(arr, k)
+    return np.ascontiguousarray(arr[:, ::-1] if flip else arr)
 
 
 def _check_inputs(exposures: list[Exposure], config: TrainConfig) -> None:
@@ -332,45 +434,285 @@ def _loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: 
     return (per_pixel * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def _step_loss(model, batch, config: TrainConfig, generator: torch.Generator):
-    inputs, targets, nodata = (torch.from_numpy(a) for a in batch)
+def hide_lines(flat: torch.Tensor, b: torch.Tensor, target: torch.Tensor, *, shape: tuple[int, int],
+               axis: str, half: int, generator: torch.Generator) -> None:
+    """structN2V (Broaden et al. 2020): hide, in place, the pixels within ``half`` of each
+    blind-spot target along ``axis`` ("x" or "y"), where the noise is correlated.
+
+    Each hidden pixel takes the value of a random pixel of its patch other than the
+    target, so correlated noise next to the target cannot reveal the target's noise.
+    ``flat`` is (batch, ny * nx); ``b`` and ``target`` are from :func:`n2v_mask`.
+    """
+    ny, nx = shape
+    y, x = target // nx, target % nx
+    for k in [*range(-half, 0), *range(1, half + 1)]:
+        yy, xx = (y, x + k) if axis == "x" else (y + k, x)
+        inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+        draw = torch.randint(1, ny * nx, (int(inside.sum()),), generator=generator)
+        flat[b[inside], (yy * nx + xx)[inside]] = flat[b[inside], (target[inside] + draw) % (ny * nx)]
+
+
+def _step_loss(model, batch: dict, config: TrainConfig, generator: torch.Generator,
+               axis: str | None = None):
+    inputs, targets, nodata = (torch.from_numpy(batch[k]) for k in ("inputs", "targets", "nodata"))
     valid = (~nodata).float()
     if config.method == "n2n":
         pred = model(inputs[:, None])[:, 0]
-        return _loss(pred, targets, valid, config.loss)
-    b, target_idx, source_idx = n2v_mask(tuple(inputs.shape), fraction=config.mask_fraction,
-                                         neighbourhood=config.neighbourhood, generator=generator)
-    flat = inputs.reshape(inputs.shape[0], -1).clone()
-    flat[b, target_idx] = flat[b, source_idx]
-    pred = model(flat.reshape(inputs.shape)[:, None])[:, 0].reshape(inputs.shape[0], -1)
-    weight = valid.reshape(inputs.shape[0], -1)[b, target_idx]
-    return _loss(pred[b, target_idx], targets.reshape(inputs.shape[0], -1)[b, target_idx],
-                 weight, config.loss)
+        loss = _loss(pred, targets, valid, config.loss)
+    else:
+        b, target_idx, source_idx = n2v_mask(tuple(inputs.shape), fraction=config.mask_fraction,
+                                             neighbourhood=config.neighbourhood, generator=generator)
+        flat = inputs.reshape(inputs.shape[0], -1).clone()
+        if axis:
+            hide_lines(flat, b, target_idx, shape=tuple(inputs.shape[1:]), axis=axis,
+                       half=config.struct_half, generator=generator)
+        flat[b, target_idx] = flat[b, source_idx]
+        pred = model(flat.reshape(inputs.shape)[:, None])[:, 0]
+        weight = valid.reshape(inputs.shape[0], -1)[b, target_idx]
+        loss = _loss(pred.reshape(inputs.shape[0], -1)[b, target_idx],
+                     targets.reshape(inputs.shape[0], -1)[b, target_idx], weight, config.loss)
+    if "known" in batch and config.flux_weight:
+        loss = loss + config.flux_weight * _flux_loss(pred, batch)
+    return loss
 
 
-def _validate(model, val_batches, config: TrainConfig) -> float:
+def _flux_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Pseudo-Huber error, in units of the aperture's sky noise, of the aperture flux the
+    model gives an injected source: model(patch + source) - model(patch), in data units.
+
+    Denoisers trained for the MSE shrink faint sources towards the sky (the conditional
+    mean of a faint source's flux is below its flux); this term asks the response to a
+    source of known flux to be that flux. Pseudo-Huber (quadratic below one noise unit,
+    linear above) keeps a bright source's large early error from swamping the denoising
+    loss."""
+    half = pred.shape[0] // 2
+    data = to_data(pred.double(), torch.from_numpy(batch["params"]))
+    aperture = torch.from_numpy(batch["aperture"][half:]).double()
+    recovered = ((data[half:] - data[:half]) * aperture).sum(dim=(1, 2))
+    known, noise = torch.from_numpy(batch["known"]), torch.from_numpy(batch["noise"])
+    error = (recovered - known) / noise
+    return (torch.sqrt(1 + error**2) - 1).mean().float()
+
+
+def _validate(model, val_batches, config: TrainConfig, axis: str | None) -> float:
     generator = torch.Generator().manual_seed(config.seed + 1)  # same blind spots each time
     model.eval()
     with torch.no_grad():
-        losses = [float(_step_loss(model, batch, config, generator)) for batch in val_batches]
+        losses = [float(_step_loss(model, batch, config, generator, axis)) for batch in val_batches]
     model.train()
     return float(np.mean(losses))
 
 
-def train_model(exposures: list[Exposure], config: TrainConfig) -> dict:
+def _run_model(model, image: np.ndarray) -> np.ndarray:
+    """Whole-image forward pass in the network domain, reflect-padded to the pooling grid."""
+    step = 2**model.config.depth
+    ny, nx = image.shape
+    padded = np.pad(image, ((0, -ny % step), (0, -nx % step)), mode="reflect")
+    with torch.no_grad():
+        return model(torch.from_numpy(padded)[None, None])[0, 0, :ny, :nx].numpy()
+
+
+def _normalisations(exposures: list[Exposure], config: TrainConfig) -> tuple[list[Normalisation], dict]:
+    """The per-exposure maps to the network domain and the survey-wide settings saved in
+    the checkpoint (``kind``, ``scale`` = median sigma, ``gain`` = median gain)."""
+    gains = [exp.gain for exp in exposures]
+    kind = config.transform
+    if kind == "auto":
+        kind = "gat" if all(g and g > 0 for g in gains) else "linear"
+    if kind == "gat" and not all(g and g > 0 for g in gains):
+        raise ValueError("train.transform 'gat' needs the gain of every exposure (GAIN keyword "
+                         "or a reliable Poisson-Gaussian fit); use 'auto' or 'linear'")
+    scale = float(np.median([exp.sigma for exp in exposures]))
+    stats = {"kind": kind, "scale": scale, "offset": "sky_level of each exposure (noise step)"}
+    if kind == "linear":
+        return [Normalisation("linear", offset=exp.sky_level, scale=scale) for exp in exposures], stats
+    stats["gain"] = float(np.median(gains))
+    return [Normalisation("gat", offset=exp.sky_level, scale=exp.sigma, gain=exp.gain)
+            for exp in exposures], stats
+
+
+def _blind_line_axis(exposures: list[Exposure], config: TrainConfig) -> str | None:
+    """The structN2V axis: the configured one, or under "auto" the axis whose median lag-1
+    noise autocorrelation exceeds ``correlation_limit`` (the larger one if both do)."""
+    if config.method != "n2v" or config.blind_spot == "point":
+        return None
+    if config.blind_spot in ("x", "y"):
+        return config.blind_spot
+    cx, cy = np.median([exp.correlation for exp in exposures], axis=0)
+    if max(abs(cx), abs(cy)) <= config.correlation_limit:
+        return None
+    return "x" if abs(cx) >= abs(cy) else "y"
+
+
+def _empirical_psf(exposures: list[Exposure], norms: list[Normalisation], *, half: int = 7,
+                   count: int = 25) -> np.ndarray:
+    """Median of the most point-like bright, unflagged sources: a (2 half + 1)^2 stamp, sum 1.
+
+    Cosmic rays (a peak without bright neighbours) are skipped; galaxies fall out by
+    ranking on concentration. Without any star, a Gaussian of FWHM 3 pixels.
+    """
+    stamps = []
+    for exp, norm in zip(exposures, norms, strict=True):
+        u, nodata = norm.forward(exp.data)
+        bad = nodata if exp.bad is None else nodata | exp.bad
+        peaks = (u == ndimage.maximum_filter(u, 2 * half + 1)) & (u > 30) & ~bad
+        for y, x in zip(*np.nonzero(peaks[half:-half, half:-half]), strict=True):
+            y, x = y + half, x + half
+            cut = np.s_[y - half:y + half + 1, x - half:x + half + 1]
+            stamp = exp.data[cut].astype(np.float64) - exp.sky_level
+            cross = stamp[half - 1:half + 2, half - 1:half + 2]
+            if bad[cut].any() or min(cross[0, 1], cross[2, 1], cross[1, 0], cross[1, 2]) < 0.2 * cross[1, 1]:
+                continue
+            stamps.append(stamp / stamp.sum())
+    if len(stamps) < 3:
+        yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+        psf = np.exp(-(xx**2 + yy**2) / (2 * (3.0 / 2.3548) ** 2))
+        return psf / psf.sum()
+    stamps.sort(key=lambda st: -st[half, half])
+    psf = np.clip(np.median(stamps[:count], axis=0), 0, None)
+    return psf / psf.sum()
+
+
+def _disk(half: int, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+    return xx**2 + yy**2 <= radius**2
+
+
+def _source_stamps(psf: np.ndarray, rng: np.random.Generator, *, galaxies: int = 8) -> np.ndarray:
+    """(1 + galaxies, s, s) stamps of sum 1: the PSF, and the PSF convolved with
+    exponential discs (half-light radius 0.8-3 px, axis ratio 0.4-1, random angle), so
+    that injected sources are stars and small galaxies like those a survey holds."""
+    half = psf.shape[0] // 2
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(float)
+    stamps = [psf]
+    for _ in range(galaxies):
+        r_eff, q, angle = rng.uniform(0.8, 3.0), rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
+        u = xx * np.cos(angle) + yy * np.sin(angle)
+        v = (-xx * np.sin(angle) + yy * np.cos(angle)) / q
+        disc = np.exp(-1.678 * np.hypot(u, v) / r_eff)  # 1.678: half light inside r_eff
+        stamp = np.clip(ndimage.convolve(disc / disc.sum(), psf, mode="constant"), 0, None)
+        stamps.append(stamp / stamp.sum())
+    return np.stack(stamps)
+
+
+def _aperture_radius(psf: np.ndarray) -> float:
+    """Aperture radius = FWHM of the PSF (from the area above half maximum), at least 1.5 px."""
+    return max(1.5, float(2 * np.sqrt((psf >= psf.max() / 2).sum() / np.pi)))
+
+
+class _PhotometryProbe:
+    """Sources of known flux injected into a copy of each exposure's validation rows.
+
+    Selecting the model on its loss alone is not enough: a denoiser's loss can keep
+    falling while it dims faint sources. The probe measures, at each validation, the
+    aperture flux (radius = FWHM of the empirical PSF) that the model returns for the
+    injected sources: model(strip + sources) - model(strip), mapped back to data units,
+    so that the strip's own sources and noise cancel. Injected sources get Poisson noise
+    (Gaussian with variance = flux / gain) when the gain is known. Half a dozen faint
+    (aperture S/N 6-18) sources for every three bright ones (S/N 60-400).
+    """
+
+    def __init__(self, exposures: list[Exposure], norms: list[Normalisation], config: TrainConfig,
+                 rng: np.random.Generator, *, stamps: np.ndarray, radius: float):
+        self.stamps = stamps
+        self.disk = _disk(stamps.shape[1] // 2, radius)
+        self.strips = [self._inject(exp, norm, config, rng)
+                       for exp, norm in zip(exposures, norms, strict=True)]
+
+    def _inject(self, exp: Exposure, norm: Normalisation, config: TrainConfig, rng) -> dict:
+        half = self.stamps.shape[1] // 2
+        ny, nx = exp.data.shape
+        split = int(ny * (1 - config.val_fraction))
+        step = 2**config.model.depth
+        height = min(ny - ny % step, -(-max(ny - split + 2 * half, config.patch_size) // step) * step)
+        strip = exp.data[ny - height:].astype(np.float64)
+        clean, nodata = norm.forward(strip)
+        busy = ndimage.maximum_filter(ndimage.uniform_filter(clean, 3), 2 * half + 1) > 1.5
+        lo = max(split - (ny - height), 0) + half + 1
+        injected, rows = strip.copy(), []
+        for i, x in enumerate(range(half + 1, nx - half - 1, 3 * half)):
+            y = int(rng.integers(lo, height - half - 1)) if height - half - 1 > lo else None
+            if y is None or busy[y, x] or nodata[y - half:y + half + 1, x - half:x + half + 1].any():
+                continue
+            bright = i % 3 == 2
+            snr = np.exp(rng.uniform(np.log(60), np.log(400))) if bright else rng.uniform(6, 18)
+            stamp = self.stamps[rng.integers(len(self.stamps))]
+            frac = (stamp * self.disk).sum()
+            flux = snr * exp.sigma * np.sqrt(self.disk.sum()) / frac
+            source = flux * stamp
+            if norm.kind == "gat":
+                source = source + rng.normal(0, 1, source.shape) * np.sqrt(source / norm.gain)
+            injected[y - half:y + half + 1, x - half:x + half + 1] += source
+            rows.append((y, x, flux * frac, bright))
+        return {"clean": clean, "injected": norm.forward(injected)[0], "norm": norm,
+                "sources": np.array(rows, dtype=float).reshape(-1, 4)}
+
+    def measure(self, model) -> dict:
+        """Median fractional bias of the recovered aperture flux, bright and faint."""
+        half = self.stamps.shape[1] // 2
+        ratios, bright = [], []
+        for strip in self.strips:
+            norm = strip["norm"]
+            diff = norm.inverse(_run_model(model, strip["injected"])).astype(np.float64) \
+                - norm.inverse(_run_model(model, strip["clean"]))
+            for y, x, known, is_bright in strip["sources"]:
+                y, x = int(y), int(x)
+                ratios.append(diff[y - half:y + half + 1, x - half:x + half + 1][self.disk].sum() / known - 1)
+                bright.append(bool(is_bright))
+        ratios, bright = np.array(ratios), np.array(bright, bool)
+        return {"bias_bright": float(np.median(ratios[bright])) if bright.any() else None,
+                "bias_faint": float(np.median(ratios[~bright])) if (~bright).any() else None}
+
+
+def _selection_key(row: dict, config: TrainConfig) -> tuple[int, float]:
+    """Smaller is better: (0, val_loss) when the injected-source biases are within the
+    tolerances (or not measured), else (1, worst bias in units of its tolerance)."""
+    excess = [abs(row[key]) / tol for key, tol in (("bias_bright", config.bright_tolerance),
+                                                   ("bias_faint", config.faint_tolerance))
+              if row.get(key) is not None]
+    if config.select == "loss" or not excess or max(excess) <= 1:
+        return (0, row["val_loss"])
+    return (1, max(excess))
+
+
+def _rng_state(rng: np.random.Generator, generator: torch.Generator) -> dict:
+    # Big integers as strings: a weights_only checkpoint load accepts plain types only.
+    state = rng.bit_generator.state
+    return {"numpy": {"state": str(state["state"]["state"]), "inc": str(state["state"]["inc"]),
+                      "has_uint32": state["has_uint32"], "uinteger": state["uinteger"]},
+            "torch": generator.get_state(), "torch_global": torch.get_rng_state()}
+
+
+def _set_rng_state(rng: np.random.Generator, generator: torch.Generator, saved: dict) -> None:
+    numpy = saved["numpy"]
+    rng.bit_generator.state = {"bit_generator": "PCG64", "has_uint32": numpy["has_uint32"],
+                               "uinteger": numpy["uinteger"],
+                               "state": {"state": int(numpy["state"]), "inc": int(numpy["inc"])}}
+    generator.set_state(saved["torch"])
+    torch.set_rng_state(saved["torch_global"])
+
+
+def train_model(exposures: list[Exposure], config: TrainConfig, *, resume: dict | None = None,
+                on_validation=None) -> dict:
     """Train a U-Net on ``exposures`` and return a checkpoint dict.
 
     Parameters
     ----------
-    exposures : the survey's exposures, with sky level and sigma from the noise step
+    exposures : the survey's exposures, with sky level, sigma and gain from the noise step
     config : TrainConfig
+    resume : a checkpoint written at a validation of an interrupted run of the same
+        config (``on_validation``); training continues from it and ends with the same
+        weights as an uninterrupted run
+    on_validation : callable(checkpoint dict), called after each validation (to save a
+        resumable checkpoint)
 
     Returns
     -------
-    dict with ``model`` (state dict of the best validation step), ``optimizer``,
-    ``model_config``, ``train_config``, ``normalisation`` (``scale`` in data units and
-    the rule ``offset = sky_level``), ``step``, ``best_step`` and ``history`` (one row
-    per validation: step, train_loss, val_loss, lr, seconds).
+    dict with ``model`` (state dict of the selected step), ``optimizer``, ``model_config``,
+    ``train_config``, ``normalisation`` (``kind``: "gat" or "linear", ``scale`` and
+    ``gain``; see :func:`exposure_normalisation`), ``step``, ``best_step``, ``blind_line``
+    (the structN2V axis or None) and ``history`` (one row per validation: step,
+    train_loss, val_loss, bias_bright, bias_faint, lr, seconds).
     """
     _check_inputs(exposures, config)
     torch.manual_seed(config.seed)
@@ -378,65 +720,138 @@ def train_model(exposures: list[Exposure], config: TrainConfig) -> dict:
         torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    scale = float(np.median([exp.sigma for exp in exposures]))
-    sampler = _PatchSampler(exposures, config, scale, rng)
+    norms, stats = _normalisations(exposures, config)
+    axis = _blind_line_axis(exposures, config)
+    psf = _empirical_psf(exposures, norms)
+    stamps, radius = _source_stamps(psf, rng), _aperture_radius(psf)
+    sampler = _PatchSampler(exposures, config, norms, rng, keep_axes=axis is not None,
+                            stamps=stamps if config.flux_weight else None, radius=radius)
     val_batches = [sampler.batch(val=True) for _ in range(4)]
+    probe = _PhotometryProbe(exposures, norms, config, rng, stamps=stamps, radius=radius) \
+        if config.inject else None
     model = UNet(config.model)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps,
                                                           eta_min=config.learning_rate / 20)
-    history, best, best_step, bad_evals, running = [], float("inf"), 0, 0, []
-    best_state = copy.deepcopy(model.state_dict())
-    start = time.monotonic()
-    progress = tqdm(range(1, config.steps + 1), desc=f"train {config.method}", unit="step")
+    state = {"history": [], "best_key": None, "best_step": 0, "stale": 0, "step": 0,
+             "best_state": copy.deepcopy(model.state_dict())}
+    if resume is not None:
+        model.load_state_dict(resume["model_last"])
+        optimiser.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        _set_rng_state(rng, generator, resume["rng"])
+        state = {k: resume[k] for k in state} | {"best_state": resume["model"]}
+        state["best_key"] = tuple(state["best_key"]) if state["best_key"] else None
+    start, running = time.monotonic(), []
+    progress = tqdm(range(state["step"] + 1, config.steps + 1), desc=f"train {config.method}", unit="step")
     for step in progress:
-        loss = _step_loss(model, sampler.batch(), config, generator)
+        loss = _step_loss(model, sampler.batch(), config, generator, axis)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        if config.grad_clip:
+            # Rare patches with a cosmic ray or a bright star's core give huge gradients.
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimiser.step()
         schedule.step()
         running.append(loss.item())
         if step % config.val_every and step != config.steps:
             continue
-        val_loss = _validate(model, val_batches, config)
-        history.append({"step": step, "train_loss": float(np.mean(running)), "val_loss": val_loss,
-                        "lr": schedule.get_last_lr()[0], "seconds": time.monotonic() - start})
+        row = {"step": step, "train_loss": float(np.mean(running)),
+               "val_loss": _validate(model, val_batches, config, axis),
+               "bias_bright": None, "bias_faint": None}
+        if probe is not None:
+            model.eval()
+            row |= probe.measure(model)
+            model.train()
+        row |= {"lr": schedule.get_last_lr()[0], "seconds": time.monotonic() - start}
+        state["history"].append(row)
         running = []
-        progress.set_postfix(val_loss=f"{val_loss:.4f}")
-        if val_loss < best:
-            best, best_step, bad_evals = val_loss, step, 0
-            best_state = copy.deepcopy(model.state_dict())
+        progress.set_postfix(val_loss=f"{row['val_loss']:.4f}", faint=row["bias_faint"])
+        key = _selection_key(row, config)
+        state["step"] = step
+        if state["best_key"] is None or key < state["best_key"]:
+            state |= {"best_key": key, "best_step": step, "stale": 0,
+                      "best_state": copy.deepcopy(model.state_dict())}
         else:
-            bad_evals += 1
-            if bad_evals >= config.patience:
-                break
+            state["stale"] += 1
+        if on_validation is not None:
+            on_validation(state | {"model": state["best_state"], "model_last": model.state_dict(),
+                                   "optimizer": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                                   "rng": _rng_state(rng, generator), "train_config": config.to_dict()})
+        if state["stale"] >= config.patience:
+            break
     return {
-        "model": best_state,
+        "model": state["best_state"],
         "optimizer": optimiser.state_dict(),
         "model_config": config.model.to_dict(),
         "train_config": config.to_dict(),
-        "normalisation": {"scale": scale, "offset": "sky_level of each exposure (noise step)"},
-        "step": step,
-        "best_step": best_step,
-        "history": history,
+        "normalisation": stats,
+        "step": state["step"],
+        "best_step": state["best_step"],
+        "blind_line": axis,
+        "history": state["history"],
     }
 
 
+CURVE_COLUMNS = ["step", "train_loss", "val_loss", "bias_bright", "bias_faint", "lr", "seconds"]
+
+
 def write_curve(path: str | Path, history: list[dict]) -> None:
-    """Write the training history as CSV (one row per validation)."""
+    """Write the training history as CSV (one row per validation; blank = not measured)."""
     with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "train_loss", "val_loss", "lr", "seconds"])
+        writer = csv.DictWriter(handle, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
 
 
+def plot_curve(path: str | Path, history: list[dict], *, best_step: int | None = None) -> None:
+    """PNG of the training curve: losses (left) and injected-source flux bias (right)."""
+    from matplotlib.figure import Figure
+
+    steps = [row["step"] for row in history]
+    fig = Figure(figsize=(9, 3.4))
+    left, right = fig.subplots(1, 2)
+    left.plot(steps, [row["train_loss"] for row in history], label="train")
+    left.plot(steps, [row["val_loss"] for row in history], label="validation")
+    left.set(xlabel="step", ylabel="loss", yscale="log")
+    for key in ("bias_bright", "bias_faint"):
+        values = [np.nan if row.get(key) is None else 100 * row[key] for row in history]
+        right.plot(steps, values, marker="o", label=key.split("_")[1])
+    right.axhline(0, color="grey", lw=0.8)
+    right.set(xlabel="step", ylabel="injected-flux bias (%)")
+    for ax in (left, right):
+        if best_step:
+            ax.axvline(best_step, color="k", ls=":", lw=0.8)
+        ax.legend()
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+
+
+def _gain(measured: dict) -> float | None:
+    """Header gain, else a reliable single-image Poisson-Gaussian fit, else None."""
+    fit = measured.get("poisson_gaussian") or {}
+    return measured.get("header_gain") or (fit.get("gain") if fit.get("reliable") else None)
+
+
+def _resume_point(path: Path, config: TrainConfig) -> dict | None:
+    if not path.exists():
+        return None
+    saved = io.load_checkpoint(path)
+    return saved if saved.get("train_config") == config.to_dict() else None
+
+
 def train(images: list[str], noise_files: list[str], fields: list[str], *, out_checkpoint: str,
-          out_curve: str, config: TrainConfig, registrations: list[str] = ()) -> dict:
+          out_curve: str, config: TrainConfig, registrations: list[str] = (),
+          out_plot: str | None = None) -> dict:
     """Train on ingested exposures and write the checkpoint and training curve (atomic).
 
     ``images``, ``noise_files`` and ``fields`` are parallel lists: the zarr store, the
     noise JSON and the field name of each exposure. ``registrations`` (JSON of the
     register step) put the exposures of each field on one pixel grid for Noise2Noise.
+    At each validation a resumable checkpoint ``<out_checkpoint>.partial`` is written;
+    a rerun with the same config continues from it, and it is removed at the end.
+    ``out_plot``: optional PNG of the curve.
     """
     from .register import load_aligned
 
@@ -445,10 +860,14 @@ def train(images: list[str], noise_files: list[str], fields: list[str], *, out_c
     exposures = []
     for loaded, noise_file in zip(load_aligned(images, fields, registrations), noise_files, strict=True):
         measured = io.read_json(noise_file)
+        correlation = measured.get("autocorrelation") or {}
         exposures.append(Exposure(name=loaded["name"], field=loaded["field"], data=loaded["data"],
                                   sky_level=measured["sky_level"], sigma=measured["sigma"],
-                                  bad=loaded["bad"]))
-    checkpoint = train_model(exposures, config)
+                                  bad=loaded["bad"], gain=_gain(measured),
+                                  correlation=(correlation.get("x", 0.0), correlation.get("y", 0.0))))
+    partial = Path(f"{out_checkpoint}.partial")
+    checkpoint = train_model(exposures, config, resume=_resume_point(partial, config),
+                             on_validation=lambda state: io.save_checkpoint(partial, state))
     checkpoint |= {
         "code_version": code_version(),
         "inputs": [{"image": str(i), "sha256": io.open_zarr_image(i).attrs.get("source_sha256"),
@@ -457,4 +876,7 @@ def train(images: list[str], noise_files: list[str], fields: list[str], *, out_c
     }
     io.save_checkpoint(out_checkpoint, checkpoint)
     write_curve(out_curve, checkpoint["history"])
+    if out_plot:
+        plot_curve(out_plot, checkpoint["history"], best_step=checkpoint["best_step"])
+    partial.unlink(missing_ok=True)
     return checkpoint
