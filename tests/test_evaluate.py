@@ -331,3 +331,36 @@ def test_evaluate_reports_structure_detection_and_magnitude_photometry(evaluated
              for n in ("input", "perfect")}
     assert faint["perfect"] > faint["input"] + 10
     assert scores["perfect"]["residual"]["sky_std"] == pytest.approx(1.0, rel=0.15)
+
+
+def test_without_truth_each_exposure_is_scored_against_the_others(demo_survey, tmp_path):
+    from astrodenoise.evaluate import evaluate_field
+    from astrodenoise.register import register
+
+    names = demo_survey.fields["field00"]
+    assert len(names) >= 3
+    stores, noise_files = [], []
+    for name in names:
+        stores.append(str(tmp_path / "in" / f"{name}.zarr"))
+        ingest(demo_survey.root / "raw" / f"{name}.fits", stores[-1])
+        noise_files.append(str(tmp_path / "noise" / f"{name}.json"))
+        noise(stores[-1], noise_files[-1])
+    register(stores, out_json=tmp_path / "field00.json")
+    truth = io.read_fits_image(demo_survey.root / "truth" / "field00.fits")[0]
+    for name in names:  # a "denoiser" that returns the truth
+        io.write_zarr_image(tmp_path / "perfect" / f"{name}.zarr", truth, chunks=64, attrs={})
+
+    results = evaluate_field(stores, noise_files, {"perfect": str(tmp_path / "perfect")},
+                             out_dir=str(tmp_path / "out"), registration=str(tmp_path / "field00.json"),
+                             config=EvaluateConfig(cutout=64, baselines=("gaussian",)))
+
+    first = results[0]
+    sigma = io.read_json(noise_files[0])["sigma"]
+    assert first["has_truth"] is False
+    assert first["photometry_reference"] == f"stack of {len(names) - 1} other exposures"
+    assert first["reference_sigma"] == pytest.approx(sigma / np.sqrt(len(names) - 1), rel=0.1)
+    scores = first["scores"]
+    # The truth is closer to the stack of the others than the noisy exposure is.
+    assert scores["perfect"]["psnr"] > scores["input"]["psnr"]
+    assert scores["perfect"]["detection"]["bins"]  # against sources found on the stack
+    assert (tmp_path / "out" / f"{names[-1]}.json").is_file()

@@ -141,29 +141,22 @@ def _predict(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from pathlib import Path
-
-    from .evaluate import EvaluateConfig, evaluate
+    from .evaluate import EvaluateConfig, evaluate, evaluate_field
 
     config = EvaluateConfig.from_dict(args.config)
     if len(args.noise) != len(args.input):
         raise ValueError(f"{len(args.input)} images but {len(args.noise)} --noise files")
-    denoised = _pairs(args.denoised)
-    if args.out_dir is None:
-        if args.out_json is None or args.out_png is None or len(args.input) != 1:
-            raise ValueError("give --out-json and --out-png with one image, or --out-dir")
-        outputs = [(args.out_json, args.out_png)]
-    else:
-        outputs = [(f"{args.out_dir}/{Path(image).stem}.json", f"{args.out_dir}/{Path(image).stem}.png")
-                   for image in args.input]
-    jobs = zip(args.input, args.noise, outputs, strict=True)
-    for number, (image, noise, (out_json, out_png)) in enumerate(jobs, 1):
-        # With several images, METHOD=DIR names the directory of each <image name>.zarr.
-        stores = denoised if len(args.input) == 1 else {
-            m: f"{d}/{Path(image).stem}.zarr" for m, d in denoised.items()}
-        evaluate(image, noise, stores, out_json=out_json, out_png=out_png, truth_fits=args.truth,
-                 catalog=args.catalog, config=config)
-        print(f"[{number}/{len(outputs)}] {image} -> {out_json}", flush=True)
+    if args.out_dir is not None:
+        # METHOD=DIR: the directory of each method's <image name>.zarr stores.
+        evaluate_field(args.input, args.noise, _pairs(args.denoised), out_dir=args.out_dir,
+                       truth_fits=args.truth, catalog=args.catalog, registration=args.registration,
+                       config=config)
+        print(f"{len(args.input)} exposure(s) evaluated into {args.out_dir}")
+        return
+    if args.out_json is None or args.out_png is None or len(args.input) != 1:
+        raise ValueError("give --out-json and --out-png with one image, or --out-dir")
+    evaluate(args.input[0], args.noise[0], _pairs(args.denoised), out_json=args.out_json,
+             out_png=args.out_png, truth_fits=args.truth, catalog=args.catalog, config=config)
 
 
 def _report(args) -> None:
@@ -257,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", help="metrics JSON to write (one image)")
     p.add_argument("--out-png", help="cutout figure to write (one image)")
     p.add_argument("--out-dir", help="directory for <image name>.json and .png per image")
+    p.add_argument("--registration", help="register JSON of the field: without a truth, each exposure "
+                   "is scored against the mean of the others (leave-one-out)")
 
     p = _add(sub, "report", _report, "Render the self-contained HTML report of a survey.")
     p.add_argument("--evaluations", nargs="+", required=True, help="evaluate JSON files")

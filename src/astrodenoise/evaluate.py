@@ -43,6 +43,8 @@ run, on the same pixels and sources.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,8 @@ from . import io
 from .noise import estimate_background, source_mask
 from .provenance import code_version
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "EvaluateConfig",
     "blank_sky_rms",
@@ -77,6 +81,8 @@ __all__ = [
     "pool_detection_bins",
     "depth90",
     "evaluate",
+    "leave_one_out_stack",
+    "evaluate_field",
 ]
 
 
@@ -386,6 +392,16 @@ def _sources(catalog: str | None, data, background, rms, header, config) -> dict
             "fwhm": fwhm, "catalog": False}
 
 
+def _stack_sources(stack: dict, background: np.ndarray, header, config) -> dict:
+    """Sources detected on a leave-one-out stack: the deep reference catalogue."""
+    stack_bkg, stack_rms = estimate_background(stack["image"])
+    positions, flux = detect(stack["image"], background=stack_bkg, rms=stack_rms,
+                             threshold=config.detect_threshold)
+    keep = flux > 0
+    return {"positions": positions[keep], "mag": -2.5 * np.log10(flux[keep]), "zeropoint": 0.0,
+            "fwhm": float(header.get("FWHM", config.default_fwhm)), "catalog": True}
+
+
 def _structure_scores(image, *, data, background, mask, sigma, phot, sources, config,
                       input_power) -> dict:
     """Power-spectrum ratio, normalised residuals, photometry by magnitude, detection."""
@@ -413,7 +429,7 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
 
 def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_json: str,
              out_png: str, truth_fits: str | None = None, catalog: str | None = None,
-             config: EvaluateConfig = EvaluateConfig()) -> dict:
+             stack: dict | None = None, config: EvaluateConfig = EvaluateConfig()) -> dict:
     """Score the input, the classical baselines and each denoised image of one exposure.
 
     Parameters
@@ -421,6 +437,10 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     input_zarr, noise_json : the ingested exposure and its noise measurement
     denoised : {method name: zarr store of the denoised exposure}
     truth_fits, catalog : noise-free truth (ADU) and source catalogue, when known (demo)
+    stack : without a truth, a deeper reference on this exposure's grid:
+        ``{"image": (ny, nx) float32 ADU, "sigma": its noise, "n": exposures stacked}``
+        (:func:`leave_one_out_stack`). PSNR/SSIM and photometry are then measured against
+        it, and detections against the sources found on it (a deep reference catalogue).
 
     Writes ``out_json`` (metrics, see module docstring) and ``out_png`` (cutouts).
     """
@@ -432,7 +452,12 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     images = {"input": data} | _baselines(data, measured, config)
     images |= {name: io.open_zarr_image(path)[...] for name, path in denoised.items()}
     truth = io.read_fits_image(truth_fits)[0] if truth_fits else None
-    sources = _sources(catalog, data, background, rms, header, config)
+    if truth is None and stack is not None:
+        truth = stack["image"]
+        sources = _stack_sources(stack, background, header, config)
+    else:
+        stack = None
+        sources = _sources(catalog, data, background, rms, header, config)
     reference = truth if truth is not None else data
     phot = None
     if len(sources["positions"]):
@@ -452,8 +477,10 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
             s["psnr_gain"] = s["psnr"] - scores["input"]["psnr"]
     _figure(images, measured["sigma"], config.cutout, out_png)
     result = {
-        "exposure": Path(input_zarr).stem, "has_truth": truth is not None,
-        "photometry_reference": "truth" if truth is not None else "input",
+        "exposure": Path(input_zarr).stem, "has_truth": truth is not None and stack is None,
+        "photometry_reference": ("truth" if stack is None else f"stack of {stack['n']} other exposures")
+        if truth is not None else "input",
+        "reference_sigma": stack["sigma"] if stack else 0.0 if truth is not None else None,
         "n_sources": int(len(sources["positions"])), "aperture_radius": phot["radius"] if phot else None,
         "baselines": list(config.baselines), "methods": list(denoised),
         "magnitudes": "catalogue" if sources["catalog"] else "instrumental",
@@ -464,3 +491,87 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     }
     io.write_json(out_json, result)
     return result
+
+
+def _onto_grid(image: np.ndarray, header, entry: dict, target_header, target_entry: dict,
+               shape: tuple[int, int]) -> np.ndarray | None:
+    """``image`` (exposure j) on the pixel grid of exposure i, from their registrations.
+
+    Both registered by an offset to the field's reference: j moves by the difference of
+    the rounded offsets (pixels moved, no interpolation). Otherwise j is resampled onto
+    i's WCS. None when either is unregistered.
+    """
+    from .register import _shift_integer
+
+    methods = {entry["method"], target_entry["method"]}
+    if "unregistered" in methods:
+        return None
+    if "reproject" not in methods:
+        offset = [round(a) - round(b) for a, b in zip(entry["offset"], target_entry["offset"], strict=True)]
+        return _shift_integer(image, offset, shape)
+    from reproject import reproject_interp
+
+    resampled, _ = reproject_interp((image, io.celestial_wcs(header)), io.celestial_wcs(target_header),
+                                    shape_out=shape)
+    return resampled.astype(np.float32)
+
+
+def leave_one_out_stack(images: list[str], noise_files: list[str], registration: dict, *,
+                        target: int) -> dict | None:
+    """Mean of the field's other exposures on the grid of exposure ``target``.
+
+    ``images``/``noise_files`` are the field's stores and noise JSONs; ``registration``
+    the register step's JSON for the field. Pixels flagged in a mask, or with no data,
+    do not enter the mean. Returns ``{"image", "sigma", "n"}`` (sigma: the stack's
+    nominal noise, ``sqrt(sum sigma_j^2) / n``), or None with fewer than two others.
+    """
+    entries = {e["exposure"]: e for e in registration["exposures"]}
+    names = [Path(p).stem for p in images]
+    target_array = io.open_zarr_image(images[target])
+    target_header, shape = io.header_from_attrs(target_array.attrs), target_array.shape
+    if names[target] not in entries:
+        return None
+    layers, sigmas = [], []
+    for j, (path, noise_json) in enumerate(zip(images, noise_files, strict=True)):
+        if j == target or names[j] not in entries:
+            continue
+        array, mask = io.open_zarr_image(path), io.open_zarr_array(path, "mask")
+        data = array[...]
+        if mask is not None:
+            data = np.where(mask[...] != 0, np.nan, data)
+        moved = _onto_grid(data, io.header_from_attrs(array.attrs), entries[names[j]], target_header,
+                           entries[names[target]], shape)
+        if moved is not None:
+            layers.append(moved)
+            sigmas.append(io.read_json(noise_json)["sigma"])
+    if len(layers) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
+        image = np.nanmean(np.stack(layers), axis=0).astype(np.float32)
+    return {"image": image, "sigma": float(np.sqrt(np.sum(np.square(sigmas))) / len(sigmas)),
+            "n": len(layers)}
+
+
+def evaluate_field(images: list[str], noise_files: list[str], denoised: dict[str, str], *,
+                   out_dir: str, truth_fits: str | None = None, catalog: str | None = None,
+                   registration: str | None = None, config: EvaluateConfig = EvaluateConfig()) -> list[dict]:
+    """Evaluate every exposure of one field; write ``out_dir/<exposure>.json`` and ``.png``.
+
+    ``denoised`` maps a method to the directory of its ``<exposure>.zarr`` stores. With a
+    truth (demo) every exposure is scored against it. Without one, and with the field's
+    ``registration`` and at least three exposures, each exposure is scored against the
+    mean of the others (leave-one-out), whose own noise is recorded as
+    ``reference_sigma``: real data's best stand-in for the truth.
+    """
+    layout = io.read_json(registration) if registration and not truth_fits else None
+    results = []
+    for i, (image, noise_json) in enumerate(zip(images, noise_files, strict=True)):
+        name = Path(image).stem
+        stack = leave_one_out_stack(images, noise_files, layout, target=i) if layout else None
+        results.append(evaluate(
+            image, noise_json, {m: f"{d}/{name}.zarr" for m, d in denoised.items()},
+            out_json=f"{out_dir}/{name}.json", out_png=f"{out_dir}/{name}.png", truth_fits=truth_fits,
+            catalog=catalog, stack=stack, config=config))
+        log.info("[%d/%d] %s evaluated", i + 1, len(images), name)
+    return results

@@ -119,6 +119,15 @@ def verdicts(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _reference_kind(evaluations: list[dict]) -> str:
+    """What the scores were measured against: ``truth``, a leave-one-out ``stack`` or ``input``."""
+    if all(e.get("has_truth") for e in evaluations):
+        return "truth"
+    if any(str(e.get("photometry_reference", "")).startswith("stack") for e in evaluations):
+        return "stack"
+    return "input"
+
+
 def _photometry_png(evaluations: list[dict], kinds: list[str]) -> str | None:
     """Flux bias against magnitude, per image kind: mean over exposures, weighted by n."""
     fig = Figure(figsize=(6.4, 3.6))
@@ -245,7 +254,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         verdicts=verdicts(rows),
         fields=fields,
         n_exposures=len(evals),
-        has_truth=all(e.get("has_truth") for e in evals),
+        reference_kind=_reference_kind(evals),
         plots={"photometry": _photometry_png(evals, kinds), "completeness": _completeness_png(rows),
                "residual": _residual_png(evals, kinds), "power": _power_png(evals, kinds)},
         noise=[io.read_json(p) for p in noise_files],

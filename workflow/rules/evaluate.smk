@@ -9,6 +9,7 @@ rule evaluate:
         images=get_field_batches,
         noise=lambda wildcards: batch_dirs("noise", field_exposures(wildcards.field)),
         denoised=get_field_denoised,
+        registration="results/register/{survey}/{field}.json",
     output:
         report(
             directory("results/evaluate/{survey}/{field}"),
@@ -37,5 +38,5 @@ rule evaluate:
         runtime=lambda wildcards: 10 + 5 * len(field_exposures(wildcards.field)),
     shell:
         "python -m astrodenoise evaluate {params.images:q} --noise {params.noise:q}"
-        " --denoised {params.denoised:q} {params.truth:q}"
+        " --denoised {params.denoised:q} {params.truth:q} --registration {input.registration:q}"
         " --out-dir {output:q} --config {params.cfg:q} > {log:q} 2>&1"
