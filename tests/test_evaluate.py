@@ -15,6 +15,7 @@ from astrodenoise.evaluate import (
     detection_scores,
     evaluate,
     flux_bias,
+    gallery_path,
     gaussian_baseline,
     photometry_by_magnitude,
     pool_detection_bins,
@@ -193,6 +194,7 @@ def test_evaluate_scores_input_baseline_and_denoised(evaluated):
     assert io.read_json(out_json)["scores"]["input"]["rms_blank"] == result["scores"]["input"][
         "rms_blank"]
     assert out_png.read_bytes().startswith(b"\x89PNG")
+    assert gallery_path(out_png).read_bytes().startswith(b"\x89PNG")  # faint-source stamps
 
 
 def test_evaluate_perfect_denoiser_beats_input_and_keeps_flux(evaluated):

@@ -81,6 +81,7 @@ __all__ = [
     "pool_detection_bins",
     "depth90",
     "evaluate",
+    "gallery_path",
     "leave_one_out_stack",
     "evaluate_field",
 ]
@@ -334,6 +335,44 @@ def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, co
             "snr": ref_flux / np.sqrt(variance)}
 
 
+def gallery_path(out_png: str | Path) -> Path:
+    """Where the faint-source gallery of an exposure's figure goes: ``<name>_faint.png``."""
+    out_png = Path(out_png)
+    return out_png.with_name(out_png.stem + "_faint.png")
+
+
+def _gallery(images: dict[str, np.ndarray], phot: dict | None, sigma: float, out_png: Path, *,
+             count: int = 8, half: int = 8) -> bool:
+    """Stamps of the faintest measured sources (5 < S/N < 20 on the reference), one row
+    per image kind, each column on the input stamp's asinh stretch. False when none."""
+    if phot is None:
+        return False
+    data = images["input"]
+    ny, nx = data.shape
+    x, y = np.round(phot["positions"]).astype(int).T
+    inside = (x >= half) & (x < nx - half) & (y >= half) & (y < ny - half)
+    pick = np.flatnonzero(inside & (phot["snr"] > 5) & (phot["snr"] < 20))
+    pick = pick[np.argsort(phot["snr"][pick])][:count]
+    if not len(pick):
+        return False
+    fig = Figure(figsize=(1.2 * len(pick) + 1.0, 1.2 * len(images)))
+    axes = fig.subplots(len(images), len(pick), squeeze=False)
+    for col, i in enumerate(pick):
+        box = (slice(y[i] - half, y[i] + half + 1), slice(x[i] - half, x[i] + half + 1))
+        norm = ImageNormalize(data[box], interval=PercentileInterval(99.5), stretch=AsinhStretch(0.1))
+        axes[0, col].set_title(f"S/N {phot['snr'][i]:.0f}", fontsize=7)
+        for row, (name, image) in enumerate(images.items()):
+            axes[row, col].imshow(image[box], norm=norm, origin="lower", cmap="gray")
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+            if col == 0:
+                axes[row, col].set_ylabel(name, fontsize=7)
+    fig.tight_layout()
+    with io.atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    return True
+
+
 def _figure(images: dict[str, np.ndarray], sigma: float, size: int, out_png: str | Path) -> None:
     """Before/after/residual cutouts with a shared asinh stretch."""
     data = images["input"]
@@ -476,6 +515,7 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
         if truth is not None:
             s["psnr_gain"] = s["psnr"] - scores["input"]["psnr"]
     _figure(images, measured["sigma"], config.cutout, out_png)
+    _gallery(images, phot, measured["sigma"], gallery_path(out_png))
     result = {
         "exposure": Path(input_zarr).stem, "has_truth": truth is not None and stack is None,
         "photometry_reference": ("truth" if stack is None else f"stack of {stack['n']} other exposures")

@@ -23,7 +23,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
 from . import io
-from .evaluate import depth90, pool_detection_bins
+from .evaluate import depth90, gallery_path, pool_detection_bins
 from .provenance import code_version
 
 __all__ = ["summarise", "verdicts", "report", "BIAS_LIMIT"]
@@ -169,16 +169,22 @@ def _completeness_png(rows: list[dict]) -> str | None:
     return _figure_uri(fig)
 
 
+def _mean_curves(ax, evaluations: list[dict], kinds: list[str], key: str, x, y: str) -> None:
+    """Plot, per image kind but the input, the mean over exposures of ``scores[kind][key][y]``
+    against ``x`` (an array, or the name of a list beside ``y``)."""
+    for kind in kinds[1:]:
+        found = [e["scores"][kind][key] for e in evaluations if key in e["scores"].get(kind, {})]
+        if found:
+            xs = found[0][x] if isinstance(x, str) else x
+            ax.plot(xs, np.mean([f[y] for f in found], axis=0), marker=".", label=kind)
+
+
 def _residual_png(evaluations: list[dict], kinds: list[str]) -> str | None:
     """Blank-sky histogram of (input - image) / sigma against N(0, 1)."""
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.subplots()
     centres = np.linspace(-5, 5, 41)[:-1] + 0.125
-    for kind in kinds[1:]:
-        hists = [e["scores"][kind]["residual"]["histogram"] for e in evaluations
-                 if "residual" in e["scores"].get(kind, {})]
-        if hists:
-            ax.plot(centres, np.mean(hists, axis=0), label=kind)
+    _mean_curves(ax, evaluations, kinds, "residual", centres, "histogram")
     if not ax.lines:
         return None
     ax.plot(centres, np.exp(-centres**2 / 2) / np.sqrt(2 * np.pi), "k:", label="N(0, 1)")
@@ -192,10 +198,7 @@ def _power_png(evaluations: list[dict], kinds: list[str]) -> str | None:
     """Blank-sky power spectrum of each image over the input's, against spatial frequency."""
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.subplots()
-    for kind in kinds[1:]:
-        spectra = [e["scores"][kind]["power"] for e in evaluations if "power" in e["scores"].get(kind, {})]
-        if spectra:
-            ax.plot(spectra[0]["k"], np.mean([sp["ratio"] for sp in spectra], axis=0), marker=".", label=kind)
+    _mean_curves(ax, evaluations, kinds, "power", "k", "ratio")
     if not ax.lines:
         return None
     ax.set_yscale("log")
@@ -242,8 +245,10 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         raise ValueError("report needs at least one evaluation")
     fields: dict[str, list[dict]] = {}
     for e, path, png in zip(evals, evaluations, figures, strict=True):
+        gallery = gallery_path(png)
         fields.setdefault(Path(path).parent.name, []).append(
-            {"eval": e, "figure": _png_data_uri(Path(png).read_bytes())})
+            {"eval": e, "figure": _png_data_uri(Path(png).read_bytes()),
+             "gallery": _png_data_uri(gallery.read_bytes()) if gallery.is_file() else None})
     rows = summarise(evals)
     kinds = [r["method"] for r in rows]
     env = Environment(loader=PackageLoader("astrodenoise", "templates"),
