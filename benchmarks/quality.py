@@ -8,6 +8,12 @@ survey, in one run, and writes ``benchmarks/quality_results.json`` and ``.md``.
     .venv/bin/snakemake --cores 2                   # simulate, noise, train the demo survey
     .venv/bin/python benchmarks/quality.py          # score results/train/demo/*/model.pt
     .venv/bin/python benchmarks/quality.py --model n2v=other.pt --out /tmp/q
+    .venv/bin/python benchmarks/quality.py --train --set transform=gat   # train here first
+
+``--train`` trains both networks on the demo exposures with the ``train`` block of
+config/config.yaml (``--set key=value`` overrides a key, YAML values), saves them under
+benchmarks/quality_models/ and records the training time (``train_seconds``, with the
+1-minute load average at the end of training, since the CPU may be shared).
 
 Metrics (per exposure; the table shows the mean over exposures, or the pooled median):
 
@@ -42,11 +48,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from astropy.stats import mad_std
 from astropy.table import Table
 from photutils.segmentation import detect_sources
@@ -58,9 +66,49 @@ from astrodenoise.baselines import DENOISERS, NoiseModel
 from astrodenoise.evaluate import aperture_fluxes, blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
 from astrodenoise.noise import estimate_background, source_mask
-from astrodenoise.train import exposure_normalisation
+from astrodenoise.train import Exposure, TrainConfig, exposure_normalisation, train_model
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def noise_json(results: Path, survey: str, exposure: str) -> Path:
+    """The noise-step JSON of an exposure (directly under the survey, or in a batch folder)."""
+    found = sorted((results / "noise" / survey).rglob(f"{exposure}.json"))
+    if not found:
+        raise FileNotFoundError(f"no noise JSON for {exposure} under {results / 'noise' / survey}")
+    return found[0]
+
+
+def demo_exposures(results: Path, survey: str) -> list[Exposure]:
+    """The demo survey's raw exposures (one pixel grid per field) with their noise model."""
+    exposures = []
+    for raw in sorted((results / "simulate" / survey / "raw").glob("*.fits")):
+        measured = io.read_json(noise_json(results, survey, raw.stem))
+        correlation = measured.get("autocorrelation") or {}
+        data = io.read_fits_image(raw)[0].astype(np.float32)
+        exposures.append(Exposure(
+            name=raw.stem, field=raw.stem.rsplit("_", 1)[0], data=data,
+            sky_level=measured["sky_level"], sigma=measured["sigma"], gain=measured.get("header_gain"),
+            correlation=(correlation.get("x", 0.0), correlation.get("y", 0.0))))
+    return exposures
+
+
+def train_models(results: Path, survey: str, overrides: dict, out_dir: Path) -> tuple[dict, dict]:
+    """Train n2n and n2v with config.yaml's train block plus ``overrides``; return
+    ({method: checkpoint path}, {method: {"train_seconds", "load_1min"}})."""
+    settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
+    settings = {k: v for k, v in settings.items() if k != "methods"} | overrides
+    exposures = demo_exposures(results, survey)
+    paths, timing = {}, {}
+    for method in ("n2n", "n2v"):
+        config = TrainConfig.from_dict(settings | {"method": method})
+        start = time.perf_counter()
+        checkpoint = train_model(exposures, config)
+        timing[method] = {"train_seconds": round(time.perf_counter() - start, 1),
+                          "load_1min": os.getloadavg()[0]}
+        paths[method] = out_dir / f"{method}.pt"
+        io.save_checkpoint(paths[method], checkpoint)
+    return paths, timing
 
 
 def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict) -> np.ndarray:
@@ -183,7 +231,13 @@ def markdown(summary: dict, meta: dict) -> str:
             f"| {s['detections']} ({s['new_detections']:+d}) | {s['seconds']:.2f} |")
     n = next(iter(summary.values()))
     lines += ["", f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
-              "(5 < S/N < 20).", "", f"Models: {meta['models']}", ""]
+              "(5 < S/N < 20).", "", f"Models: {meta['models']}; kept steps {meta['model_steps']}; "
+              f"domain {meta['normalisation']}.", ""]
+    for m, s in summary.items():
+        if "train_seconds" in s:
+            lines.append(f"Training {m}: {s['train_seconds']:.0f} s (1-minute load average "
+                         f"{s['load_1min']:.1f} on {os.cpu_count()} cores).")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -194,7 +248,7 @@ def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str
     per_exposure, contexts = [], []
     for raw in sorted((sim / "raw").glob("*.fits")):
         field = raw.stem.rsplit("_", 1)[0]
-        ctx = exposure_context(raw, results / "noise" / survey / f"{raw.stem}.json",
+        ctx = exposure_context(raw, noise_json(results, survey, raw.stem),
                                sim / "truth" / f"{field}.fits", sim / "catalog" / f"{field}.ecsv")
         denoisers = {"input": lambda d, c: d}
         denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["measured"], ck))
@@ -211,7 +265,9 @@ def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str
     methods = list(per_exposure[0])
     meta = {"survey": survey, "n_exposures": len(per_exposure),
             "models": {m: str(p) for m, p in models.items()},
-            "model_steps": {m: ck.get("best_step") for m, ck in checkpoints.items()}}
+            "model_steps": {m: ck.get("best_step") for m, ck in checkpoints.items()},
+            "normalisation": {m: ck["normalisation"].get("kind", "linear") for m, ck in checkpoints.items()},
+            "train_config": {m: ck.get("train_config") for m, ck in checkpoints.items()}}
     return summarise(per_exposure, contexts, methods), meta
 
 
@@ -222,14 +278,23 @@ def main(argv=None) -> None:
     parser.add_argument("--model", nargs="*", default=[], metavar="METHOD=PT",
                         help="checkpoints (default: results/train/<survey>/{n2n,n2v}/model.pt)")
     parser.add_argument("--baselines", nargs="*", default=list(DENOISERS))
+    parser.add_argument("--train", action="store_true", help="train n2n and n2v here first")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="with --train: override keys of the train block of config/config.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality_results",
                         help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
     models = dict(item.split("=", 1) for item in args.model) or {
         m: args.results / "train" / args.survey / m / "model.pt" for m in ("n2n", "n2v")}
+    timing = {}
+    if args.train:
+        overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+        out_dir = REPO / "benchmarks" / "quality_models"  # ignored by git (benchmarks/*/)
+        models, timing = train_models(args.results, args.survey, overrides, out_dir)
     models = {m: Path(p) for m, p in models.items() if Path(p).exists()}
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     summary, meta = run(args.results, args.survey, models, args.baselines)
+    for method, row in timing.items():
+        summary[method] |= row
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2) + "\n")
     table = markdown(summary, meta)
