@@ -19,7 +19,7 @@ from astrodenoise.ingest import (
 )
 from astrodenoise.noise import estimate_noise
 from astrodenoise.predict import denoise_array, load_model
-from astrodenoise.train import Exposure, TrainConfig, _PatchSampler
+from astrodenoise.train import Exposure, Normalisation, TrainConfig, _PatchSampler
 from conftest import REAL_DATA, make_star_field, random_checkpoint
 
 SHAPE = (80, 96)
@@ -130,7 +130,7 @@ def test_bad_pixels_are_excluded_from_the_training_loss():
     bad[:, :48] = True
     exposure = Exposure("e", "f", data, 100.0, 3.0, bad=bad)
     sampler = _PatchSampler([exposure], TrainConfig(patch_size=32, batch_size=4),
-                            3.0, np.random.default_rng(0))
+                            [Normalisation("linear", offset=100.0, scale=3.0)], np.random.default_rng(0))
 
     assert sampler.nodata[0][:, :48].all() and not sampler.nodata[0][:, 48:].any()
     assert np.isfinite(sampler.images[0]).all()  # flagged pixels stay in the input
