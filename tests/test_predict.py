@@ -330,13 +330,55 @@ def test_distributed_workers_load_the_model_once_each(make_image, tiny_checkpoin
     assert sorted(loads.values()) in ([1, 1], [0, 1])  # one load per worker that ran blocks
 
 
-def test_model_of_another_domain_is_refused(tmp_path, tiny_checkpoint):
+def _gat_checkpoint(tmp_path, tiny_checkpoint):
     checkpoint = io.load_checkpoint(tiny_checkpoint)
     checkpoint["normalisation"] |= {"kind": "gat", "gain": 2.0}
     io.save_checkpoint(tmp_path / "gat.pt", checkpoint)
+    return tmp_path / "gat.pt"
 
-    with pytest.raises(ValueError, match="linear normalisation only"):
-        load_model(str(tmp_path / "gat.pt"), "cpu")
+
+def test_gat_model_needs_the_exposure_normalisation(tmp_path, tiny_checkpoint):
+    path = _gat_checkpoint(tmp_path, tiny_checkpoint)
+
+    # Its sky level alone would run a linear map: the output would be another domain's.
+    with pytest.raises(ValueError, match="non-linear model needs the exposure's norm"):
+        predict_tiles(np.zeros((64, 64), np.float32), str(path), offset=0.0)
+
+
+def test_gat_model_tiled_equals_whole_and_inverts_in_data_units(tmp_path, tiny_checkpoint, make_image):
+    from astrodenoise.train import Normalisation
+
+    path = _gat_checkpoint(tmp_path, tiny_checkpoint)
+    image = make_image((150, 203), sky=SKY).data
+    norm = Normalisation("gat", offset=SKY, scale=3.0, gain=2.0)
+    model, _ = load_model(str(path), "cpu")
+
+    whole = denoise_array(image, model, norm=norm)
+    tiled = predict_tiles(image, str(path), norm=norm, config=PredictConfig(tile=64)).compute()
+    mean, err = denoise_with_uncertainty(image, model, norm=norm)
+
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-4)
+    # Back in ADU around the sky, not in the network's units around 0.
+    assert abs(np.nanmedian(whole) - SKY) < 20 * 3.0
+    assert mean.shape == image.shape and np.all(err[np.isfinite(err)] >= 0)
+
+
+def test_predict_applies_the_checkpoint_domain_with_the_exposure_noise(tmp_path, tiny_checkpoint):
+    from astrodenoise.train import Normalisation
+
+    path = _gat_checkpoint(tmp_path, tiny_checkpoint)
+    rng = np.random.default_rng(3)
+    data = (SKY + rng.normal(0.0, 3.0, (96, 96))).astype(np.float32)
+    store = tmp_path / "in.zarr"
+    io.write_zarr_image(store, data, chunks=64, attrs={"fits_header": ""})
+    io.write_json(tmp_path / "noise.json", {"sky_level": SKY, "sigma": 3.0, "header_gain": 2.0})
+
+    predict(str(store), str(tmp_path / "noise.json"), str(path), out_zarr=str(tmp_path / "o.zarr"),
+            out_fits=str(tmp_path / "o.fits"), config=PredictConfig(tile=64))
+
+    model, _ = load_model(str(path), "cpu")
+    expected = denoise_array(data, model, norm=Normalisation("gat", offset=SKY, scale=3.0, gain=2.0))
+    np.testing.assert_allclose(io.open_zarr_image(tmp_path / "o.zarr")[...], expected, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("rows, per_row, workers", [((64, 64, 86), 3, 1), ((64,) * 5, 2, 3), ((100,), 1, 1)])

@@ -35,12 +35,13 @@ from . import io
 from .io import load_checkpoint
 from .model import UNet, UNetConfig
 from .provenance import code_version
-from .train import normalise
+from .train import Normalisation, exposure_normalisation
 
 __all__ = [
     "PredictConfig",
     "PRECISIONS",
     "load_model",
+    "load_normalisation",
     "tile_overlap",
     "denoise_array",
     "denoise_with_uncertainty",
@@ -110,15 +111,25 @@ def load_model(checkpoint_path: str, device: str = "auto") -> tuple[UNet, float]
     channels-last: oneDNN's convolutions ran 1.8x faster so on AVX-512, same results.
     """
     checkpoint = load_checkpoint(checkpoint_path)
-    kind = checkpoint["normalisation"].get("kind", "linear")
-    if kind != "linear":
-        # Treating another domain's output as linear would write plausible-looking garbage.
-        raise ValueError(f"{checkpoint_path}: the model works in the {kind!r} domain; predict "
-                         "supports the linear normalisation only (train.transform: linear)")
     model = UNet(UNetConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     model.to(_device(device), memory_format=torch.channels_last).eval()
     return model, float(checkpoint["normalisation"]["scale"])
+
+
+@functools.lru_cache(maxsize=4)
+def load_normalisation(checkpoint_path: str) -> dict:
+    """The checkpoint's survey-wide normalisation settings (``kind``, ``scale``, ``gain``)."""
+    return dict(load_checkpoint(checkpoint_path)["normalisation"])
+
+
+def _linear(norm: Normalisation | None, offset: float | None, scale: float | None) -> Normalisation:
+    """``norm``, or the linear map of ``offset`` and ``scale`` (the older calling form)."""
+    if norm is not None:
+        return norm
+    if offset is None or scale is None:
+        raise ValueError("give norm, or offset and scale")
+    return Normalisation("linear", offset=float(offset), scale=float(scale))
 
 
 @functools.cache
@@ -171,13 +182,14 @@ def _pad_to_pool(image: np.ndarray, step: int) -> np.ndarray:
     return np.pad(image, ((0, -ny % step), (0, -nx % step)), mode=mode)
 
 
-def _to_data_units(out: np.ndarray, nodata: np.ndarray, *, offset: float, scale: float) -> np.ndarray:
-    out = out * scale + offset
+def _to_data_units(out: np.ndarray, nodata: np.ndarray, norm: Normalisation) -> np.ndarray:
+    out = norm.inverse(out)
     out[nodata] = np.nan
     return out.astype(np.float32)
 
 
-def denoise_array(data: np.ndarray, model: UNet, *, offset: float, scale: float,
+def denoise_array(data: np.ndarray, model: UNet, *, offset: float | None = None,
+                  scale: float | None = None, norm: Normalisation | None = None,
                   precision: str = "float32") -> np.ndarray:
     """Denoise one 2-D array in one forward pass.
 
@@ -185,18 +197,22 @@ def denoise_array(data: np.ndarray, model: UNet, *, offset: float, scale: float,
     ----------
     data : (ny, nx) float32, data units; NaN = no data
     model : a UNet in eval mode
-    offset : sky level subtracted before the network (data units)
-    scale : survey noise scale the network was trained with (data units)
+    norm : the exposure's map into the network's domain and back
+        (:func:`astrodenoise.train.exposure_normalisation`: linear, or the generalised
+        Anscombe transform with its unbiased inverse)
+    offset, scale : instead of ``norm``, a linear map: sky level (data units) and the
+        survey noise scale the network was trained with (data units)
     precision : one of :data:`PRECISIONS`, the autocast dtype of the forward pass
 
     Returns
     -------
     (ny, nx) float32 in data units, NaN where ``data`` is NaN.
     """
-    image, nodata = normalise(data, offset=offset, scale=scale)
+    norm = _linear(norm, offset, scale)
+    image, nodata = norm.forward(data)
     padded = _pad_to_pool(image, 2**model.n_pool)
     out = _forward(model, padded[None], precision)[0, :image.shape[0], :image.shape[1]]
-    return _to_data_units(out, nodata, offset=offset, scale=scale)
+    return _to_data_units(out, nodata, norm)
 
 
 #: The dihedral group D4 as (transpose, flip rows, flip columns); the first is identity.
@@ -231,7 +247,8 @@ def _dihedral_predictions(model: UNet, padded: np.ndarray, precision: str) -> np
     return np.stack(outputs)
 
 
-def denoise_with_uncertainty(data: np.ndarray, model: UNet, *, offset: float, scale: float,
+def denoise_with_uncertainty(data: np.ndarray, model: UNet, *, offset: float | None = None,
+                             scale: float | None = None, norm: Normalisation | None = None,
                              precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
     """Denoise with the eight dihedral test-time transforms; return (mean, spread).
 
@@ -246,16 +263,19 @@ def denoise_with_uncertainty(data: np.ndarray, model: UNet, *, offset: float, sc
         6-12% of truth pixels, not 68%, lay within +/-1 err).
     Both NaN where ``data`` is NaN.
     """
-    image, nodata = normalise(data, offset=offset, scale=scale)
+    norm = _linear(norm, offset, scale)
+    image, nodata = norm.forward(data)
     ny, nx = image.shape
     outs = _dihedral_predictions(model, _pad_to_pool(image, 2**model.n_pool), precision)
-    outs = outs[:, :ny, :nx].astype(np.float64)
-    mean = _to_data_units(outs.mean(axis=0), nodata, offset=offset, scale=scale)
-    err = _to_data_units(outs.std(axis=0), nodata, offset=0.0, scale=scale)
-    return mean, err
+    # Each copy back to data units first: the spread of a non-linear domain is not the
+    # spread in data units.
+    outs = np.stack([norm.inverse(o) for o in outs[:, :ny, :nx]]).astype(np.float64)
+    mean, err = outs.mean(axis=0), outs.std(axis=0)
+    mean[nodata] = err[nodata] = np.nan
+    return mean.astype(np.float32), err.astype(np.float32)
 
 
-def _denoise_block(block: np.ndarray, *, checkpoint: str, device: str, offset: float,
+def _denoise_block(block: np.ndarray, *, checkpoint: str, device: str, norm: Normalisation,
                    torch_threads: int, precision: str, uncertainty: bool, depth: int,
                    block_info=None) -> np.ndarray:
     """Denoise one overlapped block; return the (planes, ny, nx) crop of its own region."""
@@ -263,12 +283,11 @@ def _denoise_block(block: np.ndarray, *, checkpoint: str, device: str, offset: f
     _reuse_freed_memory()
     if torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
-    model, scale = load_model(checkpoint, device)
+    model, _ = load_model(checkpoint, device)
     if uncertainty:
-        planes = np.stack(denoise_with_uncertainty(block, model, offset=offset, scale=scale,
-                                                   precision=precision))
+        planes = np.stack(denoise_with_uncertainty(block, model, norm=norm, precision=precision))
     else:
-        planes = denoise_array(block, model, offset=offset, scale=scale, precision=precision)[None]
+        planes = denoise_array(block, model, norm=norm, precision=precision)[None]
     # boundary="none" extends a block only towards its neighbours: crop those sides.
     where, count = block_info[0]["chunk-location"], block_info[0]["num-chunks"]
     (y0, x0) = (depth if i > 0 else 0 for i in where)
@@ -276,7 +295,8 @@ def _denoise_block(block: np.ndarray, *, checkpoint: str, device: str, offset: f
     return planes[:, y0:y1, x0:x1]
 
 
-def predict_planes(image: da.Array | np.ndarray, checkpoint: str, *, offset: float,
+def predict_planes(image: da.Array | np.ndarray, checkpoint: str, *, offset: float | None = None,
+                   norm: Normalisation | None = None,
                    config: PredictConfig = PredictConfig()) -> da.Array:
     """Return a lazy dask array: ``image`` denoised tile by tile, with its uncertainty.
 
@@ -284,7 +304,9 @@ def predict_planes(image: da.Array | np.ndarray, checkpoint: str, *, offset: flo
     ----------
     image : (ny, nx) float32 dask or numpy array, data units; NaN = no data
     checkpoint : path of the trained model
-    offset : the exposure's sky level (noise step), in data units
+    offset : the exposure's sky level (noise step), in data units, for a linear
+        checkpoint; or ``norm``, the exposure's normalisation
+        (:func:`astrodenoise.train.exposure_normalisation`), which any checkpoint needs
     config : PredictConfig
 
     Returns
@@ -293,7 +315,12 @@ def predict_planes(image: da.Array | np.ndarray, checkpoint: str, *, offset: flo
     the denoised image, plane 1 (only with ``config.uncertainty``) its uncertainty, both
     in data units and NaN where ``image`` is NaN.
     """
-    model, _ = load_model(str(checkpoint), config.device)
+    model, scale = load_model(str(checkpoint), config.device)
+    if norm is None:
+        if load_normalisation(str(checkpoint)).get("kind", "linear") != "linear":
+            raise ValueError(f"{checkpoint}: a non-linear model needs the exposure's norm "
+                             "(train.exposure_normalisation), not just its sky level")
+        norm = _linear(None, offset, scale)
     step = 2**model.n_pool
     if config.tile % step:
         raise ValueError(f"predict.tile {config.tile} must be a multiple of 2**n_pool = {step}")
@@ -307,20 +334,21 @@ def predict_planes(image: da.Array | np.ndarray, checkpoint: str, *, offset: flo
     return extended.map_blocks(
         _denoise_block, new_axis=0, chunks=((n_planes,),) + array.chunks, dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
-        checkpoint=str(checkpoint), device=config.device, offset=float(offset),
+        checkpoint=str(checkpoint), device=config.device, norm=norm,
         torch_threads=compute_threads(config), precision=config.precision,
         uncertainty=config.uncertainty, depth=overlap,
     )
 
 
-def predict_tiles(image: da.Array | np.ndarray, checkpoint: str, *, offset: float,
+def predict_tiles(image: da.Array | np.ndarray, checkpoint: str, *, offset: float | None = None,
+                  norm: Normalisation | None = None,
                   config: PredictConfig = PredictConfig()) -> da.Array:
     """Return a lazy (ny, nx) float32 dask array: ``image`` denoised tile by tile.
 
     Plane 0 of :func:`predict_planes` (the mean of the dihedral transforms when
     ``config.uncertainty`` is set).
     """
-    return predict_planes(image, checkpoint, offset=offset, config=config)[0]
+    return predict_planes(image, checkpoint, offset=offset, norm=norm, config=config)[0]
 
 
 def _axis_chunks(length: int, tile: int, overlap: int) -> tuple[int, ...]:
@@ -397,7 +425,7 @@ def predict(input_zarr: str, noise_json: str, checkpoint: str, *, out_zarr: str,
     """
     _reuse_freed_memory()
     source = io.open_zarr_image(input_zarr)
-    offset = io.read_json(noise_json)["sky_level"]
+    norm = exposure_normalisation(load_normalisation(str(checkpoint)), io.read_json(noise_json))
     for path in (out_zarr, out_fits):
         io.remove_stale_temporaries(path)
     model_hash = io.file_sha256(checkpoint)[:16]
@@ -414,7 +442,7 @@ def predict(input_zarr: str, noise_json: str, checkpoint: str, *, out_zarr: str,
     if config.uncertainty:
         names, extensions = ("image", "err"), {"ERR": _err_header(header)}
     with dask_scheduler(config), contextlib.ExitStack() as stack:
-        planes = predict_planes(da.from_zarr(source), checkpoint, offset=offset, config=config)
+        planes = predict_planes(da.from_zarr(source), checkpoint, norm=norm, config=config)
         bands = _bands(planes.chunks[1], blocks_per_row=len(planes.chunks[2]), workers=config.workers)
         # One dask block per zarr shard: parallel writes smaller than a shard lose data.
         planes = planes.rechunk((len(names), config.tile, config.tile))
