@@ -25,8 +25,9 @@ Gaussian-smoothing baseline) is scored the same way:
   about N(0, 1) when its output is close to the truth) and a histogram for the report;
   ``source_mean`` is the median over sources of the mean residual in their aperture: a
   positive value is signal removed at the positions of sources.
-- ``detection``: sources detected on the image (photutils segmentation, at least 5
-  connected pixels above ``detect_threshold`` times the image's own blank-sky RMS),
+- ``detection``: sources detected on the image (photutils segmentation of the image
+  smoothed with the PSF, at least 5 connected pixels above ``detect_threshold`` times
+  the blank-sky RMS of that smoothed image, deblended),
   matched to the truth catalogue within ``match_radius`` x FWHM. Per magnitude bin,
   completeness (matched catalogue sources / catalogue sources) and purity (detections
   that match a catalogue source / detections, a detection taking its match's catalogue
@@ -237,21 +238,28 @@ def photometry_by_magnitude(flux: np.ndarray, reference: np.ndarray, mag: np.nda
     return rows
 
 
-def detect(image: np.ndarray, *, background: np.ndarray, rms: float,
-           threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Sources above ``threshold * rms`` (at least 5 connected pixels), deblended.
+def detect(image: np.ndarray, *, background: np.ndarray, mask: np.ndarray, threshold: float,
+           fwhm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sources of the PSF-matched-filtered image above ``threshold`` times its blank-sky
+    RMS (at least 5 connected pixels), deblended.
 
-    Deblending (photutils multi-thresholding) keeps a faint neighbour from merging with a
-    bright star into one segment whose centroid matches neither: the deeper the image,
-    the more such blends. Returns centroids (n, 2) as (x, y) and segment fluxes (n,),
-    background-subtracted.
+    The image minus ``background`` is smoothed with a Gaussian of the PSF ``fwhm``
+    (pixels) and the threshold set from the RMS of that filtered map over blank sky
+    (``mask`` True = not blank). Measuring the noise after the filter counts the
+    correlations a denoiser leaves: a smooth image has a tiny per-pixel RMS, and a
+    per-pixel threshold would detect its residual ripples as sources. Deblending keeps a
+    faint neighbour from merging with a bright star into one segment whose centroid
+    matches neither. Returns centroids (n, 2) as (x, y) and segment fluxes (n,) measured
+    on the unfiltered image.
     """
     residual = np.nan_to_num(image - background)
+    filtered = ndimage.gaussian_filter(residual, fwhm / 2.3548)
+    rms = float(mad_std(filtered[~mask & np.isfinite(image)]))
     finder = SourceFinder(n_pixels=5, deblend=True, progress_bar=False)
-    segments = finder(residual, threshold * rms)
+    segments = finder(filtered, threshold * rms)
     if segments is None:
         return np.empty((0, 2)), np.empty(0)
-    cat = SourceCatalog(residual, segments)
+    cat = SourceCatalog(residual, segments, convolved_data=filtered)
     return np.column_stack([cat.x_centroid, cat.y_centroid]), np.asarray(cat.segment_flux, float)
 
 
@@ -302,16 +310,17 @@ def pool_detection_bins(per_exposure: list[list[dict]]) -> list[dict]:
     return [_detection_bin(lo, hi, *counts) for (lo, hi), counts in sorted(totals.items())]
 
 
-def depth90(bins: list[dict], *, min_sources: int = 5) -> float | None:
+def depth90(bins: list[dict], *, min_sources: int = 5, purity: bool = True) -> float | None:
     """Faint edge of the last magnitude bin, brighter bins included, whose completeness
-    and purity are both at least 90%. Bins with fewer than ``min_sources`` catalogue
-    sources are too few to tell and neither extend nor end the run; None when the
-    first informative bin already fails."""
+    and purity (only completeness with ``purity=False``) are at least 90%. Bins with
+    fewer than ``min_sources`` catalogue sources are too few to tell and neither extend
+    nor end the run; None when the first informative bin already fails."""
     depth = None
     for row in bins:
         if row["n_truth"] < min_sources:
             continue
-        if row["completeness"] < 0.9 or (row["purity"] is not None and row["purity"] < 0.9):
+        impure = purity and row["purity"] is not None and row["purity"] < 0.9
+        if row["completeness"] < 0.9 or impure:
             break
         depth = row["hi"]
     return depth
@@ -425,7 +434,8 @@ def _sources(catalog: str | None, data, background, rms, header, config) -> dict
         zeropoint = float(np.median(mag + 2.5 * np.log10(flux))) if len(table) else 0.0
         return {"positions": np.column_stack([table["x"], table["y"]]), "mag": mag, "zeropoint": zeropoint,
                 "fwhm": float(table.meta.get("fwhm_pix", fwhm)), "catalog": True}
-    positions, flux = detect(data, background=background, rms=rms, threshold=config.detect_threshold)
+    positions, flux = detect(data, background=background, mask=source_mask(data, background, rms),
+                             threshold=config.detect_threshold, fwhm=fwhm)
     keep = flux > 0
     return {"positions": positions[keep], "mag": -2.5 * np.log10(flux[keep]), "zeropoint": 0.0,
             "fwhm": fwhm, "catalog": False}
@@ -434,11 +444,13 @@ def _sources(catalog: str | None, data, background, rms, header, config) -> dict
 def _stack_sources(stack: dict, background: np.ndarray, header, config) -> dict:
     """Sources detected on a leave-one-out stack: the deep reference catalogue."""
     stack_bkg, stack_rms = estimate_background(stack["image"])
-    positions, flux = detect(stack["image"], background=stack_bkg, rms=stack_rms,
-                             threshold=config.detect_threshold)
+    fwhm = float(header.get("FWHM", config.default_fwhm))
+    positions, flux = detect(stack["image"], background=stack_bkg,
+                             mask=source_mask(stack["image"], stack_bkg, stack_rms),
+                             threshold=config.detect_threshold, fwhm=fwhm)
     keep = flux > 0
     return {"positions": positions[keep], "mag": -2.5 * np.log10(flux[keep]), "zeropoint": 0.0,
-            "fwhm": float(header.get("FWHM", config.default_fwhm)), "catalog": True}
+            "fwhm": fwhm, "catalog": True}
 
 
 def _structure_scores(image, *, data, background, mask, sigma, phot, sources, config,
@@ -454,8 +466,8 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
         fluxes = aperture_fluxes(image - background, phot["positions"], radius=phot["radius"])
         out["photometry_by_magnitude"] = photometry_by_magnitude(
             fluxes, phot["reference"], sources["mag"], bin_width=config.mag_bin)
-    rms = blank_sky_rms(image, background=background, mask=mask)
-    found, found_flux = detect(image, background=background, rms=rms, threshold=config.detect_threshold)
+    found, found_flux = detect(image, background=background, mask=mask, threshold=config.detect_threshold,
+                               fwhm=sources["fwhm"])
     if sources["catalog"] and len(sources["positions"]):
         out["detection"] = detection_scores(
             found, found_flux, sources["positions"], sources["mag"],

@@ -62,6 +62,7 @@ def _detection_summary(scores: list[dict]) -> dict:
     with_bins = [d["bins"] for d in detections if "bins" in d]
     pooled = pool_detection_bins(with_bins) if with_bins else []
     return {"depth90": depth90(pooled) if pooled else None,
+            "complete90": depth90(pooled, purity=False) if pooled else None,
             "n_detected": sum(d["n_detected"] for d in detections) if detections else None,
             "n_false": sum(d["n_false"] for d in detections if "n_false" in d) if with_bins else None,
             "detection_bins": pooled}
@@ -95,6 +96,8 @@ def summarise(evaluations: list[dict]) -> list[dict]:
     for row in rows:
         row["depth_gain"] = (row["depth90"] - base["depth90"]
                              if row["depth90"] is not None and base["depth90"] is not None else None)
+        row["complete_gain"] = (row["complete90"] - base["complete90"]
+                                if row["complete90"] is not None and base["complete90"] is not None else None)
         row["extra_false"] = (row["n_false"] - base["n_false"]
                               if row["n_false"] is not None and base["n_false"] is not None else None)
     return rows
