@@ -366,3 +366,27 @@ def test_without_truth_each_exposure_is_scored_against_the_others(demo_survey, t
     assert scores["perfect"]["psnr"] > scores["input"]["psnr"]
     assert scores["perfect"]["detection"]["bins"]  # against sources found on the stack
     assert (tmp_path / "out" / f"{names[-1]}.json").is_file()
+
+
+def test_outlier_pixels_find_a_cosmic_ray_but_not_a_star():
+    from astrodenoise.evaluate import outlier_pixels
+
+    rng = np.random.default_rng(8)
+    truth = np.full((64, 64), 100.0)
+    truth[20:23, 20:23] += 5000.0  # a bright star: its Poisson noise is large, not an outlier
+    data = truth + rng.normal(0.0, np.sqrt(25.0 + (truth - 100.0) / 2.0))
+    data[40, 40] += 3000.0  # a cosmic ray
+
+    hits = outlier_pixels(data, truth, sky=100.0, sigma=5.0, gain=2.0)
+
+    assert hits[40, 40] and hits[38, 40] and hits[41, 41]  # grown by 2 pixels
+    assert not hits[20:23, 20:23].any()
+    assert hits.sum() == 13  # the 2-pixel diamond around the hit
+
+
+def test_evaluate_scores_psnr_without_cosmic_rays(evaluated):
+    scores = evaluated[0]["scores"]
+
+    assert scores["input"]["outlier_fraction"] >= 0.0
+    assert scores["perfect"]["psnr_clean"] > scores["input"]["psnr_clean"]
+    assert scores["input"]["psnr_clean_gain"] == 0.0

@@ -235,3 +235,18 @@ def test_report_opens_in_a_browser_with_every_image_and_no_script(tmp_path):
     assert SCRIPT in page.text
     assert len(page.images) >= 4 and all(i["complete"] and i["width"] > 0 for i in page.images)
     assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_verdict_ranks_baselines_without_cosmic_ray_pixels():
+    evaluation = _evaluation("e0")
+    evaluation["baselines"] = ["gaussian", "bm3d"]
+    evaluation["scores"]["bm3d"] = _scores(2.5, 4.0, 25.0, faint=-0.09, bright=-0.01)
+    # BM3D keeps cosmic rays: worst on all pixels, best once they are left out.
+    clean = {"input": 30.0, "gaussian": 40.0, "bm3d": 50.0, "n2n": 49.0}
+    for name, value in clean.items():
+        evaluation["scores"][name]["psnr_clean"] = value
+
+    (verdict,) = verdicts(summarise([evaluation]))
+
+    assert verdict["metric"] == "psnr_clean" and verdict["baseline"] == "bm3d"
+    assert verdict["delta"] == pytest.approx(-1.0) and not verdict["beats"]

@@ -24,10 +24,10 @@ STEP_VERSIONS = {
     "ingest": 1,
     "noise": 1,
     "register": 1,
-    "train": 1,
-    "predict": 1,
-    "evaluate": 1,
-    "report": 1,
+    "train": 2,
+    "predict": 2,
+    "evaluate": 2,
+    "report": 2,
 }
 
 

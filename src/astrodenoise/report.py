@@ -82,7 +82,7 @@ def summarise(evaluations: list[dict]) -> list[dict]:
         row = {"method": kind, "n_exposures": len(scores),
                "role": "input" if kind == "input" else
                ("baseline" if kind in evaluations[0].get("baselines", ["gaussian"]) else "model")}
-        for key in ("rms_blank", "rms_ratio", "psnr", "psnr_gain", "ssim"):
+        for key in ("rms_blank", "rms_ratio", "psnr", "psnr_gain", "psnr_clean", "psnr_clean_gain", "ssim"):
             row[key] = _mean(s.get(key) for s in scores)
         for cls in ("bright", "faint"):
             row[f"{cls}_bias"] = _mean(s.get("photometry", {}).get(cls, {}).get("bias") for s in scores)
@@ -106,11 +106,13 @@ def summarise(evaluations: list[dict]) -> list[dict]:
 def verdicts(rows: list[dict]) -> list[dict]:
     """For each model: the best classical baseline and whether the model beats it.
 
-    The baseline is ranked by PSNR where a truth exists, else by blank-sky RMS ratio;
-    a model "beats" it when its score is higher. Bias flags come from :func:`summarise`.
+    The baseline is ranked by PSNR without cosmic-ray pixels where a reference exists
+    (all-pixel PSNR would reward removing cosmic rays alone), else by blank-sky RMS
+    ratio; a model "beats" it when its score is higher. Bias flags come from
+    :func:`summarise`.
     """
     baselines = [r for r in rows if r["role"] == "baseline"]
-    key = "psnr" if all(r["psnr"] is not None for r in rows) else "rms_ratio"
+    key = next((k for k in ("psnr_clean", "psnr") if all(r.get(k) is not None for r in rows)), "rms_ratio")
     best = max(baselines, key=lambda r: r[key], default=None)
     out = []
     for row in (r for r in rows if r["role"] == "model"):
