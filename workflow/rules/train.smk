@@ -16,6 +16,11 @@ rule train:
             caption="../report/train.rst",
             category="Training",
         ),
+        plot=report(
+            "results/train/{survey}/{method}/curve.png",
+            caption="../report/train.rst",
+            category="Training",
+        ),
     params:
         cfg=step_config("train", drop=("methods",)),
         version=STEP_VERSIONS["train"],
@@ -31,5 +36,5 @@ rule train:
         runtime=240,
     shell:
         "python -m astrodenoise train --method {wildcards.method} @{input.lists:q} --out {output.model:q}"
-        " --curve {output.curve:q}"
+        " --curve {output.curve:q} --plot {output.plot:q}"
         " --threads {threads} --config {params.cfg:q} > {log:q} 2>&1"
