@@ -435,7 +435,7 @@ def _baselines(data: np.ndarray, measured: dict, config: EvaluateConfig) -> dict
     return out
 
 
-def _sources(catalog: str | None, data, background, rms, header, config) -> dict:
+def _sources(catalog: str | None, data, background, mask, header, config) -> dict:
     """Positions (x, y), magnitudes and PSF FWHM of the sources to measure.
 
     From the catalogue when there is one (demo truth), else detected on the input, with
@@ -448,7 +448,7 @@ def _sources(catalog: str | None, data, background, rms, header, config) -> dict
         zeropoint = float(np.median(mag + 2.5 * np.log10(flux))) if len(table) else 0.0
         return {"positions": np.column_stack([table["x"], table["y"]]), "mag": mag, "zeropoint": zeropoint,
                 "fwhm": float(table.meta.get("fwhm_pix", fwhm)), "catalog": True}
-    positions, flux = detect(data, background=background, mask=source_mask(data, background, rms),
+    positions, flux = detect(data, background=background, mask=mask,
                              threshold=config.detect_threshold, fwhm=fwhm)
     keep = flux > 0
     return {"positions": positions[keep], "mag": -2.5 * np.log10(flux[keep]), "zeropoint": 0.0,
@@ -522,7 +522,7 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
         sources = _stack_sources(stack, background, header, config)
     else:
         stack = None
-        sources = _sources(catalog, data, background, rms, header, config)
+        sources = _sources(catalog, data, background, mask, header, config)
     reference = truth if truth is not None else data
     phot = None
     if len(sources["positions"]):
@@ -591,34 +591,44 @@ def _onto_grid(image: np.ndarray, header, entry: dict, target_header, target_ent
     return resampled.astype(np.float32)
 
 
-def leave_one_out_stack(images: list[str], noise_files: list[str], registration: dict, *,
-                        target: int) -> dict | None:
-    """Mean of the field's other exposures on the grid of exposure ``target``.
-
-    ``images``/``noise_files`` are the field's stores and noise JSONs; ``registration``
-    the register step's JSON for the field. Pixels flagged in a mask, or with no data,
-    do not enter the mean. Returns ``{"image", "sigma", "n"}`` (sigma: the stack's
-    nominal noise, ``sqrt(sum sigma_j^2) / n``), or None with fewer than two others.
-    """
-    entries = {e["exposure"]: e for e in registration["exposures"]}
-    names = [Path(p).stem for p in images]
-    target_array = io.open_zarr_image(images[target])
-    target_header, shape = io.header_from_attrs(target_array.attrs), target_array.shape
-    if names[target] not in entries:
-        return None
-    layers, sigmas = [], []
-    for j, (path, noise_json) in enumerate(zip(images, noise_files, strict=True)):
-        if j == target or names[j] not in entries:
-            continue
+def _field_exposures(images: list[str], noise_files: list[str]) -> list[dict]:
+    """Each exposure of a field read once: masked data (flagged pixels NaN), header, sigma."""
+    out = []
+    for path, noise_json in zip(images, noise_files, strict=True):
         array, mask = io.open_zarr_image(path), io.open_zarr_array(path, "mask")
         data = array[...]
         if mask is not None:
             data = np.where(mask[...] != 0, np.nan, data)
-        moved = _onto_grid(data, io.header_from_attrs(array.attrs), entries[names[j]], target_header,
-                           entries[names[target]], shape)
+        out.append({"name": Path(path).stem, "data": data, "header": io.header_from_attrs(array.attrs),
+                    "sigma": io.read_json(noise_json)["sigma"]})
+    return out
+
+
+def leave_one_out_stack(images: list[str], noise_files: list[str], registration: dict, *,
+                        target: int, exposures: list[dict] | None = None) -> dict | None:
+    """Mean of the field's other exposures on the grid of exposure ``target``.
+
+    ``images``/``noise_files`` are the field's stores and noise JSONs; ``registration``
+    the register step's JSON for the field; ``exposures``, when given, the same already
+    read (:func:`evaluate_field` reads a field once for all its targets). Pixels flagged
+    in a mask, or with no data, do not enter the mean. Returns ``{"image", "sigma", "n"}``
+    (sigma: the stack's nominal noise, ``sqrt(sum sigma_j^2) / n``), or None with fewer
+    than two others.
+    """
+    exposures = exposures or _field_exposures(images, noise_files)
+    entries = {e["exposure"]: e for e in registration["exposures"]}
+    goal = exposures[target]
+    if goal["name"] not in entries:
+        return None
+    layers, sigmas = [], []
+    for j, other in enumerate(exposures):
+        if j == target or other["name"] not in entries:
+            continue
+        moved = _onto_grid(other["data"], other["header"], entries[other["name"]], goal["header"],
+                           entries[goal["name"]], goal["data"].shape)
         if moved is not None:
             layers.append(moved)
-            sigmas.append(io.read_json(noise_json)["sigma"])
+            sigmas.append(other["sigma"])
     if len(layers) < 2:
         return None
     with warnings.catch_warnings():
@@ -640,10 +650,12 @@ def evaluate_field(images: list[str], noise_files: list[str], denoised: dict[str
     ``reference_sigma``: real data's best stand-in for the truth.
     """
     layout = io.read_json(registration) if registration and not truth_fits else None
+    exposures = _field_exposures(images, noise_files) if layout else None
     results = []
     for i, (image, noise_json) in enumerate(zip(images, noise_files, strict=True)):
         name = Path(image).stem
-        stack = leave_one_out_stack(images, noise_files, layout, target=i) if layout else None
+        stack = (leave_one_out_stack(images, noise_files, layout, target=i, exposures=exposures)
+                 if layout else None)
         results.append(evaluate(
             image, noise_json, {m: f"{d}/{name}.zarr" for m, d in denoised.items()},
             out_json=f"{out_dir}/{name}.json", out_png=f"{out_dir}/{name}.png", truth_fits=truth_fits,

@@ -255,13 +255,14 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
             {"eval": e, "figure": _png_data_uri(Path(png).read_bytes()),
              "gallery": _png_data_uri(gallery.read_bytes()) if gallery.is_file() else None})
     rows = summarise(evals)
+    verdict = verdicts(rows)
     kinds = [r["method"] for r in rows]
     env = Environment(loader=PackageLoader("astrodenoise", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     html = env.get_template("report.html.j2").render(
         survey=survey,
         summary=rows,
-        verdicts=verdicts(rows),
+        verdicts=verdict,
         fields=fields,
         n_exposures=len(evals),
         reference_kind=_reference_kind(evals),
@@ -282,7 +283,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         io.write_json(out_summary, {"survey": survey, "n_exposures": len(evals),
                                     "rows": [{k: v for k, v in r.items() if k != "detection_bins"}
                                              for r in rows],
-                                    "verdicts": verdicts(rows), "bias_limit": BIAS_LIMIT})
+                                    "verdicts": verdict, "bias_limit": BIAS_LIMIT})
     with io.atomic_path(out_html) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return rows
