@@ -211,6 +211,52 @@ def test_evaluate_perfect_denoiser_beats_input_and_keeps_flux(evaluated):
         assert perfect["photometry"][cls]["bias"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_injection_recovery_with_the_exposures_own_psf_and_a_model(tmp_path, tiny_checkpoint):
+    """A sparse 256-pixel exposure: injected sources are found and measured unbiased on the
+    input, dimmed by Gaussian smoothing, and also pushed through a model's checkpoint."""
+    from astrodenoise.predict import PredictConfig, predict
+    from astrodenoise.simulate import SimulationConfig, write_demo_survey
+
+    config = SimulationConfig(n_fields=1, n_exposures=1, size=256, seed=3, cosmic_rays_per_mpix=50.0,
+                              star_density=60.0, galaxy_density=30.0, mag_range=(16.0, 25.0))
+    write_demo_survey(tmp_path, config)
+    store, noise_json = tmp_path / "e.zarr", tmp_path / "e.json"
+    ingest(tmp_path / "raw" / "field00_e00.fits", store)
+    noise(store, noise_json)
+    denoised = tmp_path / "tiny.zarr"
+    predict(str(store), str(noise_json), str(tiny_checkpoint), out_zarr=str(denoised),
+            out_fits=str(tmp_path / "tiny.fits"), config=PredictConfig(tile=128))
+    catalog = tmp_path / "catalog" / "field00.ecsv"
+
+    def run():
+        return evaluate(str(store), str(noise_json), {"tiny": str(denoised)},
+                        out_json=str(tmp_path / "v.json"),
+                        out_png=str(tmp_path / "v.png"), truth_fits=str(tmp_path / "truth" / "field00.fits"),
+                        catalog=str(catalog), models={"tiny": str(tiny_checkpoint)},
+                        config=EvaluateConfig(baselines=("gaussian",), cutout=64))
+
+    result = run()
+    block = result["injection"]
+
+    assert set(block["methods"]) == {"input", "gaussian", "tiny"}
+    assert block["n"] >= 30 and len(block["mag"]) == block["n"]
+    # The PSF came from the exposure's own stars, and matches the simulated seeing.
+    assert block["psf"]["n_stars"] >= 4
+    assert block["psf"]["fwhm"] == pytest.approx(Table.read(catalog).meta["fwhm_pix"], rel=0.15)
+    snr = np.array(block["snr"])
+    ratio = {k: np.array(v["flux_ratio"]) for k, v in block["methods"].items()}
+    bright = snr > 50
+    assert bright.sum() >= 5
+    assert np.median(ratio["input"][bright]) == pytest.approx(0.0, abs=0.02)
+    assert all(np.array(block["methods"]["input"]["found"])[bright])  # S/N > 50 is always found
+    assert not any(np.array(block["methods"]["input"]["found"])[snr < 2])
+    # Gaussian smoothing spreads flux out of the aperture: dimmer on recovery.
+    assert np.median(ratio["gaussian"][bright]) < -0.02
+    assert np.isfinite(ratio["tiny"]).all()
+    # Same seed, same sources and the same recovered fluxes.
+    assert run()["injection"] == io.read_json(tmp_path / "v.json")["injection"] == block
+
+
 def test_evaluate_input_photometry_is_unbiased_and_baseline_smooths(evaluated):
     scores = evaluated[0]["scores"]
 

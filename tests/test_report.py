@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from astrodenoise import io
-from astrodenoise.report import BIAS_LIMIT, report, summarise, verdicts
+from astrodenoise.report import BIAS_LIMIT, report, summarise, summarise_injection, verdicts
 
 SCRIPT = "<script>alert(1)</script>"
 PNG = base64.b64decode(  # a 1 x 1 transparent PNG
@@ -250,3 +250,53 @@ def test_verdict_ranks_baselines_without_cosmic_ray_pixels():
 
     assert verdict["metric"] == "psnr_clean" and verdict["baseline"] == "bm3d"
     assert verdict["delta"] == pytest.approx(-1.0) and not verdict["beats"]
+
+
+def _injection_block(m5, *, n2n_faint):
+    """Injected sources of one exposure: 40 from m5 - 4 to m5 + 1.5; the input measures
+    them unbiased and finds those brighter than m5, n2n dims faint ones by ``n2n_faint``
+    and finds them 0.5 mag deeper."""
+    import numpy as np
+
+    mag = np.linspace(m5 - 4, m5 + 1.5, 40)
+    snr = 5 * 10 ** (-0.4 * (mag - m5))
+    return {"m5": m5, "mag": mag.tolist(), "snr": snr.tolist(),
+            "psf": {"method": "EPSF of 9 stars", "fwhm": 3.1},
+            "methods": {"input": {"flux_ratio": [0.0] * 40, "found": (mag < m5).tolist()},
+                        "n2n": {"flux_ratio": np.where(snr < 20, n2n_faint, -0.002).tolist(),
+                                "found": (mag < m5 + 0.5).tolist()}}}
+
+
+def test_injection_summary_pools_exposures_and_flags_a_dimming_model(tmp_path):
+    evaluations = []
+    for i, m5 in enumerate((24.0, 24.6)):
+        evaluation = _evaluation(f"e{i}", n2n_faint=-0.005)
+        evaluation["scores"]["n2n"]["photometry"]["bright"]["bias"] = 0.002
+        evaluation["injection"] = _injection_block(m5, n2n_faint=-0.04)
+        evaluations.append(evaluation)
+
+    rows = summarise_injection(evaluations, ["input", "gaussian", "n2n"])
+    (verdict,) = verdicts(summarise(evaluations), rows)
+
+    assert [r["method"] for r in rows] == ["input", "n2n"]  # gaussian had no injected sources
+    n2n = rows[1]
+    assert n2n["n"] == 80 and n2n["faint_bias"] == pytest.approx(-0.04) and n2n["flag_faint"]
+    assert n2n["bright_bias"] == pytest.approx(-0.002) and not n2n["flag_bright"]
+    assert n2n["m50_gain"] == pytest.approx(0.5, abs=0.1)
+    # The catalogue biases are within the limit; the injected faint sources are not.
+    assert verdict["injected_faint_bias"] == pytest.approx(-0.04) and verdict["biased"] is True
+
+    paths = []
+    for i, evaluation in enumerate(evaluations):
+        paths.append(tmp_path / "field00" / f"e{i}.json")
+        io.write_json(paths[-1], evaluation)
+    (tmp_path / "e.png").write_bytes(PNG)
+    report([str(p) for p in paths], [str(tmp_path / "e.png")] * 2, out_html=str(tmp_path / "r.html"),
+           survey="demo", out_summary=str(tmp_path / "summary.json"))
+    html = (tmp_path / "r.html").read_text()
+    summary = io.read_json(tmp_path / "summary.json")
+
+    shown = next(r for r in summary["injection"] if r["method"] == "n2n")
+    assert shown["faint_bias"] == pytest.approx(-0.04)
+    assert 'id="injection-table"' in html and "-4.0%" in html
+    assert f"{shown['m50_gain']:+.2f}" in html and "EPSF of 9 stars" in html

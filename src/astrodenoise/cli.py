@@ -150,13 +150,14 @@ def _evaluate(args) -> None:
         # METHOD=DIR: the directory of each method's <image name>.zarr stores.
         evaluate_field(args.input, args.noise, _pairs(args.denoised), out_dir=args.out_dir,
                        truth_fits=args.truth, catalog=args.catalog, registration=args.registration,
-                       config=config)
+                       models=_pairs(args.models), config=config)
         print(f"{len(args.input)} exposure(s) evaluated into {args.out_dir}")
         return
     if args.out_json is None or args.out_png is None or len(args.input) != 1:
         raise ValueError("give --out-json and --out-png with one image, or --out-dir")
     evaluate(args.input[0], args.noise[0], _pairs(args.denoised), out_json=args.out_json,
-             out_png=args.out_png, truth_fits=args.truth, catalog=args.catalog, config=config)
+             out_png=args.out_png, truth_fits=args.truth, catalog=args.catalog,
+             models=_pairs(args.models), config=config)
 
 
 def _report(args) -> None:
@@ -252,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="directory for <image name>.json and .png per image")
     p.add_argument("--registration", help="register JSON of the field: without a truth, each exposure "
                    "is scored against the mean of the others (leave-one-out)")
+    p.add_argument("--models", nargs="*", default=[], metavar="METHOD=PT",
+                   help="checkpoint of each method: injection-recovery denoises the injected "
+                   "exposures with it")
 
     p = _add(sub, "report", _report, "Render the self-contained HTML report of a survey.")
     p.add_argument("--evaluations", nargs="+", required=True, help="evaluate JSON files")

@@ -38,6 +38,18 @@ Gaussian-smoothing baseline) is scored the same way:
   ``n_false`` the detections matching no catalogue source (invented sources). Without a
   catalogue only ``n_detected`` is given.
 
+- ``injection``: injection-recovery, the test that needs no truth (module
+  :mod:`astrodenoise.inject`). The PSF is measured from the exposure's own stars
+  (photutils EPSF; cosmic rays and galaxies rejected), and its FWHM is also the one the
+  photometry and detection above use when there is no catalogue. ``inject_count`` point
+  sources with that PSF, magnitudes from 4 mag brighter to 1.5 mag fainter than the
+  exposure's 5-sigma limit ``m5`` and their photon noise go into blank sky of the input;
+  every image kind denoises the injected exposure (the networks with their checkpoint and
+  the predict settings recorded in their output), and each source's recovered aperture
+  flux is measured on (with sources - without) against its true aperture flux, and
+  "found" when a detection lies within the match radius where the image without them had
+  none. Per source: magnitude, true S/N, flux ratio - 1, found; the report pools them.
+
 The classical baselines (Gaussian smoothing; scikit-image non-local means and BM3D on
 the variance-stabilised image, see :mod:`astrodenoise.baselines`) are scored in the same
 run, on the same pixels and sources.
@@ -46,6 +58,7 @@ run, on the same pixels and sources.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -63,6 +76,7 @@ from scipy.spatial import cKDTree
 from skimage.metrics import structural_similarity
 
 from . import io
+from .inject import exposure_seed, inject, measure_psf, plan_injection, recover
 from .noise import estimate_background, source_mask
 from .provenance import code_version
 
@@ -101,7 +115,10 @@ class EvaluateConfig:
     side in pixels of the before/after figure; ``baselines`` the classical denoisers to
     score (``gaussian``, ``nlm``, ``bm3d``); ``detect_threshold`` the detection level in
     units of each image's blank-sky RMS; ``match_radius`` the catalogue match radius in
-    units of the FWHM; ``mag_bin`` the width of the magnitude bins.
+    units of the FWHM; ``mag_bin`` the width of the magnitude bins; ``inject_count``
+    the point sources injected per exposure for injection-recovery (0: none),
+    ``inject_region`` the side of the central region they go into (and that is denoised
+    again with them), ``inject_seed`` the seed of their positions, magnitudes and noise.
     """
 
     gaussian_sigma: float = 1.0
@@ -112,6 +129,9 @@ class EvaluateConfig:
     detect_threshold: float = 5.0
     match_radius: float = 1.0
     mag_bin: float = 0.5
+    inject_count: int = 50
+    inject_region: int = 1024
+    inject_seed: int = 0
 
     @classmethod
     def from_dict(cls, values: dict) -> EvaluateConfig:
@@ -423,25 +443,111 @@ def _figure(images: dict[str, np.ndarray], sigma: float, size: int, out_png: str
         fig.savefig(tmp, dpi=80, format="png")
 
 
-def _baselines(data: np.ndarray, measured: dict, config: EvaluateConfig) -> dict[str, np.ndarray]:
-    """The classical baselines of ``config.baselines``, each on the same input."""
+def _baseline_denoisers(measured: dict, config: EvaluateConfig) -> dict:
+    """{name: function of an image} for the classical baselines of ``config.baselines``."""
     from .baselines import NoiseModel, denoise
 
     noise = NoiseModel.from_noise_json(measured)
+
+    def one(name):
+        if name == "gaussian":
+            return lambda image: gaussian_baseline(image, sigma=config.gaussian_sigma)
+        return lambda image: denoise(name, image, noise)
+
+    return {name: one(name) for name in config.baselines}
+
+
+def _model_denoisers(models: dict[str, str], denoised: dict[str, str], measured: dict) -> dict:
+    """{method: function of an image} denoising as the predict step did: the checkpoint,
+    this exposure's normalisation, and the predict settings recorded in the method's
+    denoised store (precision, averaging; run here on threads)."""
+    from .predict import PredictConfig, load_normalisation
+    from .train import exposure_normalisation
+
+    known = {f.name for f in dataclasses.fields(PredictConfig)}
     out = {}
-    for name in config.baselines:
-        out[name] = (gaussian_baseline(data, sigma=config.gaussian_sigma) if name == "gaussian"
-                     else denoise(name, data, noise))
+    for name, checkpoint in models.items():
+        recorded = {}
+        if name in denoised and Path(denoised[name]).exists():
+            attrs = io.open_zarr_image(denoised[name]).attrs
+            recorded = dict(attrs.get("provenance_predict", {}).get("predict_config", {}))
+        settings = {k: v for k, v in recorded.items() if k in known} | {"scheduler": "threads", "workers": 1}
+        norm = exposure_normalisation(load_normalisation(str(checkpoint)), measured)
+
+        out[name] = functools.partial(_denoise_with, checkpoint=str(checkpoint), norm=norm,
+                                      config=PredictConfig.from_dict(settings))
     return out
 
 
-def _sources(catalog: str | None, data, background, mask, header, config) -> dict:
+def _denoise_with(image: np.ndarray, *, checkpoint: str, norm, config) -> np.ndarray:
+    """``image`` denoised by a checkpoint, tile by tile as predict does, in this process."""
+    from .predict import predict_tiles
+
+    return np.asarray(predict_tiles(image, checkpoint, norm=norm, config=config).compute(scheduler="threads"))
+
+
+def _injection_recovery(data: np.ndarray, *, name: str, background, mask, bad, measured: dict, psf,
+                        zeropoint: float, radius: float, fwhm: float, images: dict[str, np.ndarray],
+                        baselines: dict, models: dict, config: EvaluateConfig) -> dict:
+    """Inject point sources of known flux into the input's blank sky, denoise the injected
+    image with every method, and measure each source's recovered flux and detection.
+
+    Works on the central ``config.inject_region`` square; each method runs on that region
+    with and without the sources (``images`` supplies the "without" when the region is the
+    whole image and the method is deterministic there: input and baselines), and the
+    difference is measured (:func:`astrodenoise.inject.recover`). Returns the per-source
+    table (positions, magnitudes, true S/N) and, per method, flux ratios and found flags.
+    """
+    ny, nx = data.shape
+    hy, hx = min(ny, config.inject_region), min(nx, config.inject_region)
+    y0, x0 = (ny - hy) // 2, (nx - hx) // 2
+    box = np.s_[y0:y0 + hy, x0:x0 + hx]
+    whole = (hy, hx) == (ny, nx)
+    sigma, gain = float(measured["sigma"]), measured.get("header_gain")
+    seed = exposure_seed(name, config.inject_seed)
+    rng = np.random.default_rng(seed)
+    plan = plan_injection((hy, hx), mask[box], psf, sigma=sigma, zeropoint=zeropoint, radius=radius,
+                          count=config.inject_count, rng=rng)
+    block = {"region": [int(y0), int(x0), int(hy), int(hx)], "psf": psf.describe(), "m5": plan["m5"],
+             "zeropoint": zeropoint, "radius": radius, "gain": gain, "seed": seed,
+             "n": int(len(plan["positions"])), "methods": {}}
+    if not block["n"]:
+        block["note"] = "no blank sky to inject into"
+        return block
+    injected, model = inject(data[box], psf, plan, gain=gain, rng=rng)
+    true_flux = aperture_fluxes(model, plan["positions"], radius=radius)
+    snr = true_flux / np.sqrt(np.pi * radius**2 * sigma**2 + true_flux / (gain or np.inf))
+    block |= {"x": (plan["positions"][:, 0] + x0).tolist(), "y": (plan["positions"][:, 1] + y0).tolist(),
+              "mag": [round(float(m), 4) for m in plan["mag"]], "snr": [round(float(v), 3) for v in snr]}
+    bkg, msk = background[box], mask[box]
+    runners = {"input": lambda image: image} | baselines | models
+    for kind, run in runners.items():
+        original = images[kind][box] if whole and kind not in models else run(data[box])
+        out = run(injected)
+        found = [detect(img, background=bkg, mask=msk, threshold=config.detect_threshold, fwhm=fwhm)[0]
+                 for img in (original, out)]
+        block["methods"][kind] = recover(original, out, model, plan, radius=radius,
+                                         found_original=found[0], found_injected=found[1],
+                                         match_radius=config.match_radius * fwhm)
+    return block
+
+
+def _fwhm(header, psf, config: EvaluateConfig) -> float:
+    """PSF FWHM in pixels: measured from the exposure's stars when it has enough, else the
+    header's ``FWHM`` keyword, else ``config.default_fwhm``."""
+    if psf is not None and psf.n_stars:
+        return psf.fwhm
+    return float(header.get("FWHM", config.default_fwhm))
+
+
+def _sources(catalog: str | None, data, background, mask, header, config, psf=None) -> dict:
     """Positions (x, y), magnitudes and PSF FWHM of the sources to measure.
 
     From the catalogue when there is one (demo truth), else detected on the input, with
-    instrumental magnitudes from their segment fluxes (zero point 0).
+    instrumental magnitudes from their segment fluxes (zero point 0). The FWHM is the
+    catalogue's, else :func:`_fwhm`.
     """
-    fwhm = float(header.get("FWHM", config.default_fwhm))
+    fwhm = _fwhm(header, psf, config)
     if catalog:
         table = Table.read(catalog, format="ascii.ecsv")
         flux, mag = np.asarray(table["flux"], float), np.asarray(table["mag"], float)
@@ -455,10 +561,10 @@ def _sources(catalog: str | None, data, background, mask, header, config) -> dic
             "fwhm": fwhm, "catalog": False}
 
 
-def _stack_sources(stack: dict, background: np.ndarray, header, config) -> dict:
+def _stack_sources(stack: dict, background: np.ndarray, header, config, psf=None) -> dict:
     """Sources detected on a leave-one-out stack: the deep reference catalogue."""
     stack_bkg, stack_rms = estimate_background(stack["image"])
-    fwhm = float(header.get("FWHM", config.default_fwhm))
+    fwhm = _fwhm(header, psf, config)
     positions, flux = detect(stack["image"], background=stack_bkg,
                              mask=source_mask(stack["image"], stack_bkg, stack_rms),
                              threshold=config.detect_threshold, fwhm=fwhm)
@@ -494,7 +600,8 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
 
 def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_json: str,
              out_png: str, truth_fits: str | None = None, catalog: str | None = None,
-             stack: dict | None = None, config: EvaluateConfig = EvaluateConfig()) -> dict:
+             stack: dict | None = None, models: dict[str, str] | None = None,
+             config: EvaluateConfig = EvaluateConfig()) -> dict:
     """Score the input, the classical baselines and each denoised image of one exposure.
 
     Parameters
@@ -506,23 +613,31 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
         ``{"image": (ny, nx) float32 ADU, "sigma": its noise, "n": exposures stacked}``
         (:func:`leave_one_out_stack`). PSNR/SSIM and photometry are then measured against
         it, and detections against the sources found on it (a deep reference catalogue).
+    models : {method name: checkpoint}; with ``config.inject_count`` > 0, each method's
+        injected exposure is denoised with it (injection-recovery, module
+        :mod:`astrodenoise.inject`). A method without a checkpoint is left out of it.
 
     Writes ``out_json`` (metrics, see module docstring) and ``out_png`` (cutouts).
     """
     array = io.open_zarr_image(input_zarr)
     data, header = array[...], io.header_from_attrs(array.attrs)
+    flags = io.open_zarr_array(input_zarr, "mask")
+    bad = (flags[...] != 0) if flags is not None else ~np.isfinite(data)
     measured = io.read_json(noise_json)
     background, rms = estimate_background(data)
     mask = source_mask(data, background, rms)
-    images = {"input": data} | _baselines(data, measured, config)
+    psf = measure_psf(data, background, sigma=float(measured["sigma"]), bad=bad,
+                      fwhm_guess=float(header.get("FWHM", config.default_fwhm)))
+    baselines = _baseline_denoisers(measured, config)
+    images = {"input": data} | {name: run(data) for name, run in baselines.items()}
     images |= {name: io.open_zarr_image(path)[...] for name, path in denoised.items()}
     truth = io.read_fits_image(truth_fits)[0] if truth_fits else None
     if truth is None and stack is not None:
         truth = stack["image"]
-        sources = _stack_sources(stack, background, header, config)
+        sources = _stack_sources(stack, background, header, config, psf)
     else:
         stack = None
-        sources = _sources(catalog, data, background, mask, header, config)
+        sources = _sources(catalog, data, background, mask, header, config, psf)
     reference = truth if truth is not None else data
     phot = None
     if len(sources["positions"]):
@@ -549,6 +664,16 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
         if truth is not None:
             s["psnr_gain"] = s["psnr"] - scores["input"]["psnr"]
             s["psnr_clean_gain"] = s["psnr_clean"] - scores["input"]["psnr_clean"]
+    injection = None
+    if config.inject_count > 0:
+        injection = _injection_recovery(
+            data, name=Path(input_zarr).stem, background=background, mask=mask, bad=bad, measured=measured,
+            psf=psf, zeropoint=sources["zeropoint"],
+            radius=phot["radius"] if phot else max(1.5, config.aperture_fwhm * sources["fwhm"]),
+            fwhm=sources["fwhm"], images=images, baselines=baselines,
+            models=_model_denoisers({m: c for m, c in (models or {}).items() if m in denoised},
+                                    denoised, measured),
+            config=config)
     _figure(images, measured["sigma"], config.cutout, out_png)
     _gallery(images, phot, measured["sigma"], gallery_path(out_png))
     result = {
@@ -559,7 +684,9 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
         "n_sources": int(len(sources["positions"])), "aperture_radius": phot["radius"] if phot else None,
         "baselines": list(config.baselines), "methods": list(denoised),
         "magnitudes": "catalogue" if sources["catalog"] else "instrumental",
-        "scores": scores, "config": dataclasses.asdict(config), "code_version": code_version(),
+        "psf": psf.describe(), "fwhm": sources["fwhm"],
+        "scores": scores, "injection": injection, "config": dataclasses.asdict(config),
+        "code_version": code_version(),
         "object": str(header.get("OBJECT", "")), "filter": str(header.get("FILTER", "")),
         "has_wcs": bool(array.attrs.get("has_wcs", True)),
         "source_file": array.attrs.get("source_file"), "source_sha256": array.attrs.get("source_sha256"),
@@ -640,14 +767,16 @@ def leave_one_out_stack(images: list[str], noise_files: list[str], registration:
 
 def evaluate_field(images: list[str], noise_files: list[str], denoised: dict[str, str], *,
                    out_dir: str, truth_fits: str | None = None, catalog: str | None = None,
-                   registration: str | None = None, config: EvaluateConfig = EvaluateConfig()) -> list[dict]:
+                   registration: str | None = None, models: dict[str, str] | None = None,
+                   config: EvaluateConfig = EvaluateConfig()) -> list[dict]:
     """Evaluate every exposure of one field; write ``out_dir/<exposure>.json`` and ``.png``.
 
     ``denoised`` maps a method to the directory of its ``<exposure>.zarr`` stores. With a
     truth (demo) every exposure is scored against it. Without one, and with the field's
     ``registration`` and at least three exposures, each exposure is scored against the
     mean of the others (leave-one-out), whose own noise is recorded as
-    ``reference_sigma``: real data's best stand-in for the truth.
+    ``reference_sigma``: real data's best stand-in for the truth. ``models`` (method:
+    checkpoint) lets injection-recovery denoise the injected exposures.
     """
     layout = io.read_json(registration) if registration and not truth_fits else None
     exposures = _field_exposures(images, noise_files) if layout else None
@@ -659,6 +788,6 @@ def evaluate_field(images: list[str], noise_files: list[str], denoised: dict[str
         results.append(evaluate(
             image, noise_json, {m: f"{d}/{name}.zarr" for m, d in denoised.items()},
             out_json=f"{out_dir}/{name}.json", out_png=f"{out_dir}/{name}.png", truth_fits=truth_fits,
-            catalog=catalog, stack=stack, config=config))
+            catalog=catalog, stack=stack, models=models, config=config))
         log.info("[%d/%d] %s evaluated", i + 1, len(images), name)
     return results

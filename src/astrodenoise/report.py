@@ -24,9 +24,10 @@ from matplotlib.figure import Figure
 
 from . import io
 from .evaluate import depth90, gallery_path, pool_detection_bins
+from .inject import summarise_recovery
 from .provenance import code_version
 
-__all__ = ["summarise", "verdicts", "report", "BIAS_LIMIT"]
+__all__ = ["summarise", "summarise_injection", "verdicts", "report", "BIAS_LIMIT"]
 
 #: Photometric bias (fraction of the flux, bright or faint sources) beyond which a
 #: result is flagged: a denoiser that shifts fluxes by more than 1% changes the science.
@@ -47,6 +48,12 @@ def _figure_uri(fig: Figure) -> str:
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
+
+
+def _standard_error(values) -> float | None:
+    """Standard error of the mean of ``values`` (None entries dropped; None below two)."""
+    values = [v for v in values if v is not None]
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
 
 
 def _kinds(evaluations: list[dict]) -> list[str]:
@@ -71,7 +78,8 @@ def _detection_summary(scores: list[dict]) -> dict:
 def summarise(evaluations: list[dict]) -> list[dict]:
     """One row per image kind: means over exposures of each score, pooled detection.
 
-    PSNR, SSIM, RMS and flux biases are means of the per-exposure values;
+    PSNR, SSIM, RMS and flux biases are means of the per-exposure values (the biases
+    with the standard error of that mean, ``bright_se``/``faint_se``);
     completeness and purity are pooled (counts summed over exposures) before the 90%
     depth is read off; ``n_false`` (detections matching no catalogue source) is summed.
     ``flag_bright``/``flag_faint`` mark |bias| > :data:`BIAS_LIMIT`.
@@ -85,7 +93,8 @@ def summarise(evaluations: list[dict]) -> list[dict]:
         for key in ("rms_blank", "rms_ratio", "psnr", "psnr_gain", "psnr_clean", "psnr_clean_gain", "ssim"):
             row[key] = _mean(s.get(key) for s in scores)
         for cls in ("bright", "faint"):
-            row[f"{cls}_bias"] = _mean(s.get("photometry", {}).get(cls, {}).get("bias") for s in scores)
+            biases = [s.get("photometry", {}).get(cls, {}).get("bias") for s in scores]
+            row[f"{cls}_bias"], row[f"{cls}_se"] = _mean(biases), _standard_error(biases)
             row[f"{cls}_n"] = sum(s.get("photometry", {}).get(cls, {}).get("n", 0) for s in scores)
             row[f"flag_{cls}"] = row[f"{cls}_bias"] is not None and abs(row[f"{cls}_bias"]) > BIAS_LIMIT
         row["flag"] = row["flag_bright"] or row["flag_faint"]
@@ -103,24 +112,55 @@ def summarise(evaluations: list[dict]) -> list[dict]:
     return rows
 
 
-def verdicts(rows: list[dict]) -> list[dict]:
+def summarise_injection(evaluations: list[dict], kinds: list[str]) -> list[dict]:
+    """One row per image kind of the injection-recovery test, sources pooled over exposures.
+
+    :func:`astrodenoise.inject.summarise_recovery` per kind: flux bias of bright and faint
+    injected sources with bootstrap standard errors, 50% and 90% completeness magnitudes
+    relative to each exposure's 5-sigma limit (``m50``, ``m90``) and, per magnitude bin,
+    completeness and bias; plus the gain of ``m50``/``m90`` over the input and
+    ``flag_bright``/``flag_faint`` for |bias| > :data:`BIAS_LIMIT`. Empty when no
+    evaluation has injected sources.
+    """
+    blocks = [e.get("injection") for e in evaluations]
+    rows = []
+    for kind in kinds:
+        pooled = summarise_recovery(blocks, kind)
+        if pooled:
+            rows.append({"method": kind} | pooled)
+    base = next((r for r in rows if r["method"] == "input"), None)
+    for row in rows:
+        for key in ("m50", "m90"):
+            row[f"{key}_gain"] = (row[key] - base[key] if base and row[key] is not None
+                                  and base[key] is not None else None)
+        for cls in ("bright", "faint"):
+            row[f"flag_{cls}"] = row[f"{cls}_bias"] is not None and abs(row[f"{cls}_bias"]) > BIAS_LIMIT
+    return rows
+
+
+def verdicts(rows: list[dict], injection: list[dict] = ()) -> list[dict]:
     """For each model: the best classical baseline and whether the model beats it.
 
     The baseline is ranked by PSNR without cosmic-ray pixels where a reference exists
     (all-pixel PSNR would reward removing cosmic rays alone), else by blank-sky RMS
-    ratio; a model "beats" it when its score is higher. Bias flags come from
-    :func:`summarise`.
+    ratio; a model "beats" it when its score is higher. A model is "biased" when a flux
+    bias of :func:`summarise` (sources of the reference) or of
+    :func:`summarise_injection` (injected sources) exceeds :data:`BIAS_LIMIT`.
     """
+    injected = {r["method"]: r for r in injection}
     baselines = [r for r in rows if r["role"] == "baseline"]
     key = next((k for k in ("psnr_clean", "psnr") if all(r.get(k) is not None for r in rows)), "rms_ratio")
     best = max(baselines, key=lambda r: r[key], default=None)
     out = []
     for row in (r for r in rows if r["role"] == "model"):
         delta = row[key] - best[key] if best else None
+        inj = injected.get(row["method"], {})
         out.append({"method": row["method"], "baseline": best["method"] if best else None,
                     "metric": key, "delta": delta, "beats": delta is not None and delta > 0,
-                    "biased": row["flag"], "bright_bias": row["bright_bias"],
-                    "faint_bias": row["faint_bias"]})
+                    "biased": row["flag"] or bool(inj.get("flag_bright") or inj.get("flag_faint")),
+                    "bright_bias": row["bright_bias"], "faint_bias": row["faint_bias"],
+                    "injected_bright_bias": inj.get("bright_bias"),
+                    "injected_faint_bias": inj.get("faint_bias")})
     return out
 
 
@@ -213,6 +253,27 @@ def _power_png(evaluations: list[dict], kinds: list[str]) -> str | None:
     return _figure_uri(fig)
 
 
+def _injection_png(rows: list[dict]) -> str | None:
+    """Completeness and median flux bias of injected sources against magnitude - m5."""
+    if not rows:
+        return None
+    fig = Figure(figsize=(9.6, 3.6))
+    left, right = fig.subplots(1, 2)
+    for row in rows:
+        mags = [b["mag"] for b in row["bins"]]
+        line, = left.plot(mags, [b["completeness"] for b in row["bins"]], marker="o", label=row["method"])
+        right.plot(mags, [100 * b["bias"] for b in row["bins"]], marker="o", color=line.get_color())
+    left.axhline(0.5, color="0.6", lw=0.8)
+    left.axhline(0.9, color="0.6", lw=0.8)
+    left.set_xlabel("injected magnitude - 5-sigma limit")
+    left.set_ylabel("completeness")
+    left.legend(fontsize=7, ncol=2)
+    right.axhspan(-BIAS_LIMIT * 100, BIAS_LIMIT * 100, color="0.9")
+    right.set_xlabel("injected magnitude - 5-sigma limit")
+    right.set_ylabel("recovered flux bias (%)")
+    return _figure_uri(fig)
+
+
 def _curve_png(curves: dict[str, str]) -> str | None:
     if not curves:
         return None
@@ -255,8 +316,9 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
             {"eval": e, "figure": _png_data_uri(Path(png).read_bytes()),
              "gallery": _png_data_uri(gallery.read_bytes()) if gallery.is_file() else None})
     rows = summarise(evals)
-    verdict = verdicts(rows)
     kinds = [r["method"] for r in rows]
+    injection = summarise_injection(evals, kinds)
+    verdict = verdicts(rows, injection)
     env = Environment(loader=PackageLoader("astrodenoise", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     html = env.get_template("report.html.j2").render(
@@ -267,7 +329,11 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         n_exposures=len(evals),
         reference_kind=_reference_kind(evals),
         plots={"photometry": _photometry_png(evals, kinds), "completeness": _completeness_png(rows),
-               "residual": _residual_png(evals, kinds), "power": _power_png(evals, kinds)},
+               "residual": _residual_png(evals, kinds), "power": _power_png(evals, kinds),
+               "injection": _injection_png(injection)},
+        injection=injection,
+        psfs=[(e["exposure"], e.get("psf") or (e.get("injection") or {}).get("psf"),
+               (e.get("injection") or {}).get("m5")) for e in evals],
         noise=[io.read_json(p) for p in noise_files],
         survey_noise=io.read_json(noise_survey) if noise_survey else None,
         noise_plot=_png_data_uri(Path(noise_plot).read_bytes()) if noise_plot else None,
@@ -283,6 +349,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         io.write_json(out_summary, {"survey": survey, "n_exposures": len(evals),
                                     "rows": [{k: v for k, v in r.items() if k != "detection_bins"}
                                              for r in rows],
+                                    "injection": injection,
                                     "verdicts": verdict, "bias_limit": BIAS_LIMIT})
     with io.atomic_path(out_html) as tmp:
         tmp.write_text(html, encoding="utf-8")

@@ -1,0 +1,163 @@
+"""Tests of astrodenoise.inject: PSF from the image's stars, injection and recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from astrodenoise.inject import (
+    PSF,
+    completeness_magnitude,
+    gaussian_psf,
+    inject,
+    measure_psf,
+    plan_injection,
+    recover,
+    summarise_recovery,
+)
+
+SKY, SIGMA = 100.0, 3.0
+
+
+def _moffat_field(fwhm: float, *, n_stars: int = 30, cosmic_rays: int = 0, size: int = 256, seed: int = 0):
+    """Moffat (beta 3.5) stars of FWHM ``fwhm`` on flat sky with Gaussian noise, plus
+    one-pixel-wide cosmic-ray hits brighter than most stars."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    beta = 3.5
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    image = np.full((size, size), SKY)
+    for _ in range(n_stars):
+        x0, y0 = rng.uniform(15, size - 15, 2)
+        flux = 10 ** rng.uniform(3.5, 4.5)
+        profile = (1 + ((xx - x0) ** 2 + (yy - y0) ** 2) / alpha**2) ** -beta
+        image += flux * profile / profile.sum()
+    for _ in range(cosmic_rays):
+        x0, y0 = rng.integers(15, size - 15, 2)
+        image[y0, x0:x0 + rng.integers(1, 4)] += rng.uniform(300, 2000)
+    return (image + rng.normal(0, SIGMA, image.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fwhm", [2.5, 4.0])
+def test_psf_from_stars_recovers_their_fwhm_despite_cosmic_rays(fwhm):
+    data = _moffat_field(fwhm, cosmic_rays=25)
+
+    psf = measure_psf(data, np.full(data.shape, SKY), sigma=SIGMA, fwhm_guess=3.0)
+
+    assert psf.n_stars >= 5 and psf.method.startswith("EPSF")
+    assert psf.stamp.sum() == pytest.approx(1.0)
+    assert psf.stamp.shape[0] % 2 == 1
+    assert psf.fwhm == pytest.approx(fwhm, rel=0.15)
+
+
+def test_psf_without_stars_is_a_gaussian_of_the_guess_and_says_so():
+    data = (SKY + np.random.default_rng(1).normal(0, SIGMA, (128, 128))).astype(np.float32)
+
+    psf = measure_psf(data, np.full(data.shape, SKY), sigma=SIGMA, fwhm_guess=3.3)
+
+    assert psf.n_stars == 0 and "too few stars" in psf.method
+    assert psf.fwhm == 3.3
+    assert psf.stamp.sum() == pytest.approx(1.0)
+
+
+def _gaussian(fwhm=3.0) -> PSF:
+    return PSF(gaussian_psf(fwhm), fwhm, 0, "test")
+
+
+def test_plan_puts_sources_in_blank_sky_apart_with_magnitudes_around_the_limit():
+    blocked = np.zeros((200, 200), bool)
+    blocked[50:90, 60:120] = True
+    psf = _gaussian()
+    half = psf.stamp.shape[0] // 2
+
+    plan = plan_injection(blocked.shape, blocked, psf, sigma=SIGMA, zeropoint=25.0, radius=3.0,
+                          count=40, rng=np.random.default_rng(0))
+
+    x, y = plan["positions"].T.astype(int)
+    assert 10 <= len(x) <= 40
+    assert not blocked[y, x].any()
+    near_block = (x > 60 - half - 1) & (x < 120 + half) & (y > 50 - half - 1) & (y < 90 + half)
+    assert not near_block.any()  # a whole stamp away from the blocked region
+    assert ((x > half) & (x < 200 - half - 1) & (y > half) & (y < 200 - half - 1)).all()
+    gaps = np.maximum(np.abs(x[:, None] - x[None]), np.abs(y[:, None] - y[None]))
+    assert gaps[~np.eye(len(x), dtype=bool)].min() >= 2 * half + 1  # stamps never overlap
+    # The 5-sigma limit follows from the noise and the aperture: S/N 5 in the aperture.
+    from astrodenoise.inject import _aperture_fraction
+    aperture_flux = 10 ** (-0.4 * (plan["m5"] - 25.0)) * _aperture_fraction(psf, 3.0)
+    assert aperture_flux / (SIGMA * np.sqrt(np.pi * 9.0)) == pytest.approx(5.0)
+    assert (plan["mag"] >= plan["m5"] - 4).all() and (plan["mag"] <= plan["m5"] + 1.5).all()
+    again = plan_injection(blocked.shape, blocked, psf, sigma=SIGMA, zeropoint=25.0, radius=3.0,
+                           count=40, rng=np.random.default_rng(0))
+    assert np.array_equal(again["positions"], plan["positions"]) and np.array_equal(again["mag"], plan["mag"])
+
+
+def _injected(gain=None, seed=3):
+    rng = np.random.default_rng(seed)
+    data = (SKY + rng.normal(0, SIGMA, (256, 256))).astype(np.float32)
+    psf = _gaussian(3.0)
+    plan = plan_injection(data.shape, np.zeros(data.shape, bool), psf, sigma=SIGMA, zeropoint=25.0,
+                          radius=3.0, count=60, rng=rng)
+    injected, model = inject(data, psf, plan, gain=gain, rng=rng)
+    return data, injected, model, plan
+
+
+def test_injected_flux_is_the_planned_flux_and_photon_noise_follows_the_gain():
+    data, injected, model, plan = _injected()
+    assert model.sum() == pytest.approx(plan["flux"].sum(), rel=1e-4)
+    assert np.allclose(injected - data, model, atol=1e-3)  # no gain: noise-free sources
+
+    _, noisy, model2, _ = _injected(gain=0.5)
+    extra = noisy - _injected(gain=None)[1]
+    bright = model2 > 50
+    # Photon noise of variance model / gain, in ADU.
+    assert np.std(extra[bright] / np.sqrt(model2[bright] / 0.5)) == pytest.approx(1.0, rel=0.1)
+
+
+def test_recovery_of_an_identity_is_unbiased_and_of_a_dimming_denoiser_is_not():
+    data, injected, model, plan = _injected()
+    found = plan["positions"][plan["mag"] < plan["m5"] - 1]  # pretend only these were detected
+
+    same = recover(data, injected, model, plan, radius=3.0, found_original=np.empty((0, 2)),
+                   found_injected=found, match_radius=2.0)
+
+    def dim(image):  # keeps the sky, removes 10% of every source
+        return SKY + 0.9 * (image - SKY)
+
+    dimmed = recover(dim(data), dim(injected), model, plan, radius=3.0, found_original=np.empty((0, 2)),
+                     found_injected=found, match_radius=2.0)
+    ratio, dim_ratio = np.array(same["flux_ratio"]), np.array(dimmed["flux_ratio"])
+    bright = plan["mag"] < plan["m5"] - 3
+    assert np.median(ratio[bright]) == pytest.approx(0.0, abs=0.02)
+    assert np.median(dim_ratio[bright]) == pytest.approx(-0.10, abs=0.02)
+    assert same["found"] == (plan["mag"] < plan["m5"] - 1).tolist()
+    # A detection that the original image already had is not a recovery.
+    already = recover(data, injected, model, plan, radius=3.0, found_original=found, found_injected=found,
+                      match_radius=2.0)
+    assert not any(already["found"])
+
+
+def test_completeness_magnitude_interpolates_where_the_fraction_falls():
+    mags = np.repeat(np.arange(20.125, 24, 0.25), 10)
+    found = mags < 22.0  # complete to 22, then nothing
+    assert completeness_magnitude(mags, found, 0.5) == pytest.approx(22.0, abs=0.01)
+    assert completeness_magnitude(mags, np.ones_like(found), 0.5) is None  # never falls
+    assert completeness_magnitude(mags, np.zeros_like(found), 0.5) is None  # nothing to start from
+
+
+def test_summary_pools_exposures_of_different_depth_relative_to_their_limit():
+    blocks = []
+    for m5 in (23.0, 24.0):
+        mag = np.linspace(m5 - 4, m5 + 1.5, 60)
+        snr = 5 * 10 ** (-0.4 * (mag - m5))
+        ratio = np.where(snr < 20, -0.1, 0.0)
+        blocks.append({"m5": m5, "mag": mag.tolist(), "snr": snr.tolist(),
+                       "methods": {"n2v": {"flux_ratio": ratio.tolist(), "found": (mag < m5).tolist()}}})
+
+    out = summarise_recovery(blocks + [None], "n2v")
+
+    assert out["n"] == 120
+    assert out["bright_bias"] == 0.0 and out["faint_bias"] == pytest.approx(-0.1)
+    snr = np.concatenate([b["snr"] for b in blocks])
+    assert out["faint_n"] == int(((snr > 5) & (snr < 20)).sum())
+    assert out["m50"] == pytest.approx(0.0, abs=0.15)  # both exposures complete to their own m5
+    assert summarise_recovery(blocks, "bm3d") is None
