@@ -91,6 +91,23 @@ def test_plan_puts_sources_in_blank_sky_apart_with_magnitudes_around_the_limit()
     assert np.array_equal(again["positions"], plan["positions"]) and np.array_equal(again["mag"], plan["mag"])
 
 
+def test_a_crowded_field_gets_its_sources_on_top_of_others_but_never_on_missing_data():
+    blocked = np.ones((200, 200), bool)  # every pixel is some source's wing
+    nodata = np.zeros((200, 200), bool)
+    nodata[:, :100] = True  # the left half has no data
+    psf = _gaussian()
+    half = psf.stamp.shape[0] // 2
+
+    blank_only = plan_injection(blocked.shape, blocked, psf, sigma=SIGMA, zeropoint=25.0, radius=3.0,
+                                count=20, rng=np.random.default_rng(0))
+    crowded = plan_injection(blocked.shape, blocked, psf, sigma=SIGMA, zeropoint=25.0, radius=3.0,
+                             count=20, rng=np.random.default_rng(0), nodata=nodata)
+
+    assert len(blank_only["positions"]) == 0
+    assert len(crowded["positions"]) >= 10 and crowded["on_source"].all()
+    assert (crowded["positions"][:, 0] >= 100 + half).all()
+
+
 def _injected(gain=None, seed=3):
     rng = np.random.default_rng(seed)
     data = (SKY + rng.normal(0, SIGMA, (256, 256))).astype(np.float32)

@@ -300,3 +300,31 @@ def test_injection_summary_pools_exposures_and_flags_a_dimming_model(tmp_path):
     assert shown["faint_bias"] == pytest.approx(-0.04)
     assert 'id="injection-table"' in html and "-4.0%" in html
     assert f"{shown['m50_gain']:+.2f}" in html and "EPSF of 9 stars" in html
+
+
+def test_a_large_survey_embeds_a_capped_number_of_figures_spread_over_fields(tmp_path):
+    evaluations, figures = [], []
+    for field in ("f0", "f1", "f2"):
+        for i in range(2):
+            path = tmp_path / field / f"{field}_e{i}.json"
+            evaluation = _evaluation(f"{field}_e{i}")
+            evaluation["scores"]["n2n"]["photometry_by_magnitude"] = [
+                {"mag": 22.25, "n": 5, "bias": -0.02, "scatter": 0.01}]
+            io.write_json(path, evaluation)
+            png = tmp_path / field / f"{field}_e{i}.png"
+            png.write_bytes(PNG)
+            evaluations.append(str(path))
+            figures.append(str(png))
+
+    report(evaluations, figures, out_html=str(tmp_path / "r.html"), survey="big", max_figures=2)
+    html = (tmp_path / "r.html").read_text()
+
+    # One cutout for each of the first two fields (not both exposures of f0), named in the note.
+    assert html.count('alt="before, after and residual cutouts of') == 2
+    assert "cutouts of f0_e0" in html and "cutouts of f1_e0" in html and "cutouts of f0_e1" not in html
+    assert "Cutouts and galleries of 2 of 6" in html
+    assert html.count('alt="flux bias against magnitude, f') == 2  # per-field plots for those fields
+    assert 'href="#field-f2"' in html and 'id="field-f2"' in html  # every field still has its section
+
+    report(evaluations, figures, out_html=str(tmp_path / "all.html"), survey="big", max_figures=0)
+    assert (tmp_path / "all.html").read_text().count("cutouts of") == 6

@@ -166,7 +166,7 @@ def _report(args) -> None:
     report(args.evaluations, args.figures, out_html=args.out, survey=args.survey,
            noise_files=args.noise or [], curves=_pairs(args.curves), models=_pairs(args.models),
            config=args.config, noise_survey=args.noise_survey, noise_plot=args.noise_plot,
-           out_summary=args.summary)
+           out_summary=args.summary, max_figures=int(args.config.get("report", {}).get("figures", 24)))
     print(f"report written to {args.out}")
 
 

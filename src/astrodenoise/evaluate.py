@@ -507,7 +507,7 @@ def _injection_recovery(data: np.ndarray, *, name: str, background, mask, bad, m
     seed = exposure_seed(name, config.inject_seed)
     rng = np.random.default_rng(seed)
     plan = plan_injection((hy, hx), mask[box], psf, sigma=sigma, zeropoint=zeropoint, radius=radius,
-                          count=config.inject_count, rng=rng)
+                          count=config.inject_count, rng=rng, nodata=bad[box])
     block = {"region": [int(y0), int(x0), int(hy), int(hx)], "psf": psf.describe(), "m5": plan["m5"],
              "zeropoint": zeropoint, "radius": radius, "gain": gain, "seed": seed,
              "n": int(len(plan["positions"])), "methods": {}}
@@ -518,7 +518,8 @@ def _injection_recovery(data: np.ndarray, *, name: str, background, mask, bad, m
     true_flux = aperture_fluxes(model, plan["positions"], radius=radius)
     snr = true_flux / np.sqrt(np.pi * radius**2 * sigma**2 + true_flux / (gain or np.inf))
     block |= {"x": (plan["positions"][:, 0] + x0).tolist(), "y": (plan["positions"][:, 1] + y0).tolist(),
-              "mag": [round(float(m), 4) for m in plan["mag"]], "snr": [round(float(v), 3) for v in snr]}
+              "mag": [round(float(m), 4) for m in plan["mag"]], "snr": [round(float(v), 3) for v in snr],
+              "on_source": int(plan["on_source"].sum())}
     bkg, msk = background[box], mask[box]
     runners = {"input": lambda image: image} | baselines | models
     for kind, run in runners.items():
@@ -622,7 +623,7 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     array = io.open_zarr_image(input_zarr)
     data, header = array[...], io.header_from_attrs(array.attrs)
     flags = io.open_zarr_array(input_zarr, "mask")
-    bad = (flags[...] != 0) if flags is not None else ~np.isfinite(data)
+    bad = ~np.isfinite(data) | ((flags[...] != 0) if flags is not None else False)
     measured = io.read_json(noise_json)
     background, rms = estimate_background(data)
     mask = source_mask(data, background, rms)

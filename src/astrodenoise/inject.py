@@ -80,14 +80,31 @@ def measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: 
                 fwhm_guess: float = 3.5, min_stars: int = 4, max_stars: int = 40) -> PSF:
     """Effective PSF of an exposure from its own stars (photutils ``EPSFBuilder``).
 
-    Candidates are sources of the PSF-filtered image above 5 sigma with at least 30 times
-    the aperture noise, not touching a flagged pixel (``bad``: saturated, no data) or the
-    edge, with no other source within the stamp; galaxies are dropped by keeping those
-    whose segment FWHM is within 25% of the smallest quartile's median (stars are the
-    most compact sources). The stamp is about 6 times the FWHM (at least 15 pixels).
-    With fewer than ``min_stars`` candidates (or if the builder fails), a Gaussian of
-    ``fwhm_guess`` pixels.
+    Candidates are sources of the image filtered by a Gaussian of ``fwhm_guess`` above 5
+    sigma, with at least 20 times the noise of their segment, away from flagged pixels
+    (``bad``: saturated, no data), from the edge and from other sources by half a stamp.
+    Cosmic rays are dropped (a peak pixel whose four direct neighbours do not all reach
+    a quarter of it: any PSF sampled by 2 pixels or more per FWHM does), then galaxies
+    (stars are the most compact of what is left: peak over flux within 35% of that of
+    the most compact quarter). The stamp is about 6 times the FWHM (at least 15 pixels).
+    When the measured FWHM is far (30%) from the guess, the measurement is made again
+    with it as the guess, so that the filter and the stamp fit the stars. With fewer
+    than ``min_stars`` candidates (or if the builder fails), a Gaussian of
+    ``fwhm_guess`` pixels, said so in ``method``.
     """
+    psf = _measure_psf(data, background, sigma=sigma, bad=bad, fwhm_guess=fwhm_guess,
+                       min_stars=min_stars, max_stars=max_stars)
+    if psf.n_stars and abs(psf.fwhm / fwhm_guess - 1) > 0.3:
+        again = _measure_psf(data, background, sigma=sigma, bad=bad, fwhm_guess=psf.fwhm,
+                             min_stars=min_stars, max_stars=max_stars)
+        if again.n_stars:
+            return again
+    return psf
+
+
+def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: np.ndarray | None,
+                 fwhm_guess: float, min_stars: int, max_stars: int) -> PSF:
+    """One pass of :func:`measure_psf` with a given FWHM guess."""
     residual = np.nan_to_num(data - background)
     filtered = ndimage.gaussian_filter(residual, fwhm_guess / 2.3548)
     half = max(7, int(np.ceil(3 * fwhm_guess)))
@@ -113,8 +130,7 @@ def measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: 
     if bad is not None and ok.any():
         grown = ndimage.binary_dilation(bad, iterations=half)
         ok &= ~grown[np.round(y).astype(int).clip(0, ny - 1), np.round(x).astype(int).clip(0, nx - 1)]
-    # Cosmic rays: a peak pixel whose four direct neighbours do not all reach a quarter of it
-    # (any PSF sampled by 2 pixels or more per FWHM does); a track fails across its width.
+    # Cosmic rays fail the neighbour test across their width, even as a track.
     compactness = np.zeros(len(x))
     for i in np.flatnonzero(ok):
         yc, xc = int(round(y[i])), int(round(x[i]))
@@ -126,8 +142,7 @@ def measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: 
         if cross < 0.25 * peak:
             ok[i] = False
         compactness[i] = peak / flux[i]
-    # Stars are the most compact of what is left (galaxies spread their flux): keep those
-    # within 35% of the median compactness of the most compact quarter.
+    # Galaxies spread their flux: stars are the most compact of what is left.
     if ok.sum() >= min_stars:
         top = np.sort(compactness[ok])[::-1][:max(3, ok.sum() // 4)]
         ok &= compactness >= 0.65 * np.median(top)
@@ -156,38 +171,51 @@ def exposure_seed(name: str, seed: int) -> int:
 
 def plan_injection(shape: tuple[int, int], blocked: np.ndarray, psf: PSF, *, sigma: float,
                    zeropoint: float, radius: float, count: int, rng: np.random.Generator,
-                   bright: float = 4.0, faint: float = 1.5) -> dict:
+                   nodata: np.ndarray | None = None, bright: float = 4.0, faint: float = 1.5) -> dict:
     """Positions and magnitudes of the sources to inject.
 
     ``blocked`` (ny, nx) bool: True on sources, their wings and no-data pixels (the
     input's source mask). Positions are whole pixels in blank sky at least one stamp
     half-width from anything blocked and from the edge, and a stamp apart from each
-    other; fewer than ``count`` when the sky is crowded. ``radius`` is the photometry
-    aperture. The 5-sigma limit ``m5`` is the magnitude whose aperture flux has S/N 5
-    against the sky noise ``sigma`` (data units); magnitudes are uniform in
-    ``[m5 - bright, m5 + faint]``. Returns ``{"positions" (n, 2) as (x, y),
-    "mag" (n,), "flux" (n,) total flux in data units, "m5"}``.
+    other. When blank sky holds fewer than ``count`` (a crowded field) and ``nodata``
+    (True: flagged or no data) is given, the rest go anywhere a stamp away from
+    ``nodata``, on top of sources (``on_source`` True): their flux is still measured on
+    the difference image, but a detection the image already had there does not count
+    as found. ``radius`` is the photometry aperture. The 5-sigma limit ``m5`` is the
+    magnitude whose aperture flux has S/N 5 against the sky noise ``sigma`` (data
+    units); magnitudes are uniform in ``[m5 - bright, m5 + faint]``. Returns
+    ``{"positions" (n, 2) as (x, y), "mag" (n,), "flux" (n,) total flux in data units,
+    "on_source" (n,) bool, "m5"}``.
     """
     half = psf.stamp.shape[0] // 2
-    ny, nx = shape
-    free = ~ndimage.binary_dilation(blocked, iterations=half)
+    chosen: list[tuple[int, int]] = []
+    _choose(chosen, blocked, half, count, rng)
+    n_blank = len(chosen)
+    if n_blank < count and nodata is not None:
+        _choose(chosen, nodata, half, count, rng)
+    positions = np.array(chosen, float).reshape(-1, 2)
+    ap_fraction = _aperture_fraction(psf, radius)
+    m5 = zeropoint - 2.5 * np.log10(5 * sigma * np.sqrt(np.pi * radius**2) / ap_fraction)
+    mag = rng.uniform(m5 - bright, m5 + faint, size=len(positions))
+    return {"positions": positions, "mag": mag, "flux": 10 ** (-0.4 * (mag - zeropoint)),
+            "on_source": np.arange(len(positions)) >= n_blank, "m5": float(m5)}
+
+
+def _choose(chosen: list[tuple[int, int]], blocked: np.ndarray, half: int, count: int,
+            rng: np.random.Generator) -> None:
+    """Add to ``chosen`` random pixels a stamp half-width from ``blocked`` and the edge and
+    a stamp from every chosen one, until there are ``count``."""
+    free = ~ndimage.binary_dilation(blocked, iterations=half) if blocked.any() else np.ones(blocked.shape, bool)
     free[:half + 1, :] = free[-half - 1:, :] = False
     free[:, :half + 1] = free[:, -half - 1:] = False
     ys, xs = np.nonzero(free)
-    order = rng.permutation(len(xs))
-    chosen: list[tuple[int, int]] = []
     spacing = 2 * half + 1
-    for i in order:
+    for i in rng.permutation(len(xs)):
         if len(chosen) >= count:
             break
         x, y = int(xs[i]), int(ys[i])
         if all(abs(x - cx) >= spacing or abs(y - cy) >= spacing for cx, cy in chosen):
             chosen.append((x, y))
-    positions = np.array(chosen, float).reshape(-1, 2)
-    ap_fraction = _aperture_fraction(psf, radius)
-    m5 = zeropoint - 2.5 * np.log10(5 * sigma * np.sqrt(np.pi * radius**2) / ap_fraction)
-    mag = rng.uniform(m5 - bright, m5 + faint, size=len(positions))
-    return {"positions": positions, "mag": mag, "flux": 10 ** (-0.4 * (mag - zeropoint)), "m5": float(m5)}
 
 
 def _aperture_fraction(psf: PSF, radius: float) -> float:

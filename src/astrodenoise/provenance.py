@@ -26,8 +26,8 @@ STEP_VERSIONS = {
     "register": 1,
     "train": 2,
     "predict": 2,
-    "evaluate": 3,
-    "report": 3,
+    "evaluate": 4,
+    "report": 4,
 }
 
 

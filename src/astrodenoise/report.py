@@ -292,11 +292,19 @@ def _curve_png(curves: dict[str, str]) -> str | None:
     return _figure_uri(fig)
 
 
+def _pictured(fields: dict[str, list], limit: int) -> set[tuple[str, int]]:
+    """(field, index) of the exposures whose figures are embedded: the first exposure of
+    every field, then the second, ..., until ``limit`` (every one when ``limit`` <= 0)."""
+    order = [(field, i) for i in range(max(map(len, fields.values()), default=0))
+             for field, items in fields.items() if i < len(items)]
+    return set(order if limit <= 0 else order[:limit])
+
+
 def report(evaluations: list[str], figures: list[str], *, out_html: str, survey: str,
            noise_files: list[str] = (), curves: dict[str, str] | None = None,
            models: dict[str, str] | None = None, config: dict | None = None,
            noise_survey: str | None = None, noise_plot: str | None = None,
-           out_summary: str | None = None) -> list[dict]:
+           out_summary: str | None = None, max_figures: int = 24) -> list[dict]:
     """Render the survey report to ``out_html`` (atomic); return the overview rows.
 
     ``evaluations`` and ``figures`` are parallel lists of the evaluate step's JSON and
@@ -305,18 +313,32 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
     (hashed for provenance); ``config`` is the workflow config; ``noise_survey`` and
     ``noise_plot`` the survey noise JSON and mean-variance PNG. ``out_summary``, when
     given, receives the overview rows and verdicts as JSON: the numbers of the page.
+    ``max_figures`` caps the exposures whose cutouts and galleries are embedded (spread
+    over fields, see :func:`_pictured`; 0: all), and the fields with their own
+    photometry and completeness plots: a survey of thousands of exposures keeps a report
+    a browser opens, and the page names where the other figures are.
     """
     evals = [io.read_json(p) for p in evaluations]
     if not evals:
         raise ValueError("report needs at least one evaluation")
     fields: dict[str, list[dict]] = {}
     for e, path, png in zip(evals, evaluations, figures, strict=True):
-        gallery = gallery_path(png)
-        fields.setdefault(Path(path).parent.name, []).append(
-            {"eval": e, "figure": _png_data_uri(Path(png).read_bytes()),
-             "gallery": _png_data_uri(gallery.read_bytes()) if gallery.is_file() else None})
+        fields.setdefault(Path(path).parent.name, []).append({"eval": e, "png": png})
+    pictured = _pictured(fields, max_figures)
+    for field, items in fields.items():
+        for i, item in enumerate(items):
+            gallery = gallery_path(item["png"])
+            show = (field, i) in pictured
+            item["figure"] = _png_data_uri(Path(item["png"]).read_bytes()) if show else None
+            item["gallery"] = _png_data_uri(gallery.read_bytes()) if show and gallery.is_file() else None
     rows = summarise(evals)
     kinds = [r["method"] for r in rows]
+    field_plots = {}
+    for field, items in fields.items():
+        if (field, 0) in pictured:
+            field_evals = [item["eval"] for item in items]
+            field_plots[field] = {"photometry": _photometry_png(field_evals, kinds),
+                                  "completeness": _completeness_png(summarise(field_evals))}
     injection = summarise_injection(evals, kinds)
     verdict = verdicts(rows, injection)
     env = Environment(loader=PackageLoader("astrodenoise", "templates"),
@@ -326,6 +348,8 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         summary=rows,
         verdicts=verdict,
         fields=fields,
+        field_plots=field_plots,
+        n_pictured=len(pictured),
         n_exposures=len(evals),
         reference_kind=_reference_kind(evals),
         plots={"photometry": _photometry_png(evals, kinds), "completeness": _completeness_png(rows),
