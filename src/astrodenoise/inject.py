@@ -205,7 +205,9 @@ def _choose(chosen: list[tuple[int, int]], blocked: np.ndarray, half: int, count
             rng: np.random.Generator) -> None:
     """Add to ``chosen`` random pixels a stamp half-width from ``blocked`` and the edge and
     a stamp from every chosen one, until there are ``count``."""
-    free = ~ndimage.binary_dilation(blocked, iterations=half) if blocked.any() else np.ones(blocked.shape, bool)
+    free = np.ones(blocked.shape, bool)
+    if blocked.any():
+        free = ~ndimage.binary_dilation(blocked, iterations=half)
     free[:half + 1, :] = free[-half - 1:, :] = False
     free[:, :half + 1] = free[:, -half - 1:] = False
     ys, xs = np.nonzero(free)
