@@ -100,6 +100,15 @@ def test_report_numbers_equal_the_metrics_files_and_it_opens_in_a_browser(demo_r
     for s in scores.values():  # the per-exposure table shows the metrics file's numbers
         assert f"{s['rms_ratio']:.2f}" in html and f"{s['ssim']:.3f}" in html
     assert {v["method"] for v in summary["verdicts"]} == {"n2n", "n2v"}
+    # Injection-recovery: every image kind, and the page's numbers are the metrics files' pooled.
+    from astrodenoise.report import summarise_injection
+
+    evaluations = [json.loads(p.read_text()) for p in sorted((results / "evaluate/tiny").rglob("*.json"))]
+    pooled = summarise_injection(evaluations, [r["method"] for r in summary["rows"]])
+    assert [r["method"] for r in summary["injection"]] == ["input", "gaussian", "nlm", "bm3d", "n2n", "n2v"]
+    assert json.loads(json.dumps(pooled)) == summary["injection"]
+    for row in summary["injection"]:
+        assert row["faint_bias"] is None or f'{row["faint_bias"] * 100:+.1f}%' in html
 
     if reason := browser.missing():
         pytest.skip(reason)
