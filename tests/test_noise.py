@@ -75,6 +75,41 @@ def test_sigma_from_header_none_without_header(poisson_field):
     assert result["sigma_from_header"] is None
 
 
+def test_the_noise_model_uses_a_header_gain_that_fits_the_data(poisson_field):
+    header = fits.Header({"GAIN": poisson_field.gain, "RDNOISE": poisson_field.read_noise})
+
+    result = estimate_noise(poisson_field.data, header=header)
+
+    assert result["gain"] == poisson_field.gain and result["gain_source"] == "header GAIN"
+
+
+def test_a_coadd_still_carrying_the_detector_gain_does_not_use_it(poisson_field):
+    # The mean of 16 exposures: a quarter of the noise the header's photon noise allows.
+    coadd = poisson_field.sky + (poisson_field.data - poisson_field.sky) / 4.0
+    header = fits.Header({"GAIN": poisson_field.gain, "RDNOISE": poisson_field.read_noise})
+
+    result = estimate_noise(coadd.astype(np.float32), header=header)
+
+    assert result["header_gain"] == poisson_field.gain
+    assert result["gain"] != poisson_field.gain
+    assert "exceeds the measured noise" in result["gain_source"]
+
+
+@pytest.mark.parametrize(("bunit", "expected", "source"), [
+    ("MJy/sr", None, "not a count unit"),
+    ("electrons/s", 300.0, "EXPTIME"),
+    ("ADU", 2.0, "header GAIN"),
+])
+def test_gain_follows_the_data_units(bunit, expected, source):
+    from astrodenoise.noise import effective_gain
+
+    header = fits.Header({"GAIN": 2.0, "BUNIT": bunit, "EXPTIME": 300.0})
+    # Sky-subtracted (sky 0): nothing to check the gain against, the units decide.
+    gain, why = effective_gain(header, sky_level=0.0, bias=0.0, sigma=1.0, fit={"reliable": False})
+
+    assert gain == expected and source in why
+
+
 def test_estimate_background_follows_a_gradient(make_image):
     image = make_image(128, sky=0.0, sigma=1.0, n_stars=0, seed=5)
     yy, xx = np.mgrid[0:128, 0:128]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .evaluate import gaussian_baseline
+from .noise import exposure_gain
 from .train import Normalisation
 
 __all__ = ["NoiseModel", "gaussian_denoise", "nlm_denoise", "bm3d_denoise", "DENOISERS", "denoise"]
@@ -47,9 +48,9 @@ class NoiseModel:
 
     @classmethod
     def from_noise_json(cls, measured: dict) -> NoiseModel:
-        """From a noise-step JSON (``sky_level``, ``sigma``, ``header_gain``, ...)."""
+        """From a noise-step JSON (``sky_level``, ``sigma``, ``gain``, ...)."""
         return cls(sky=float(measured["sky_level"]), sigma=float(measured["sigma"]),
-                   gain=measured.get("header_gain"), read_noise=measured.get("header_read_noise"))
+                   gain=exposure_gain(measured), read_noise=measured.get("header_read_noise"))
 
     def normalisation(self) -> Normalisation:
         """The variance-stabilising map of this noise (generalised Anscombe or linear)."""

@@ -77,7 +77,7 @@ from skimage.metrics import structural_similarity
 
 from . import io
 from .inject import exposure_seed, inject, measure_psf, plan_injection, recover
-from .noise import estimate_background, source_mask
+from .noise import estimate_background, exposure_gain, source_mask
 from .provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -503,7 +503,7 @@ def _injection_recovery(data: np.ndarray, *, name: str, background, mask, bad, m
     y0, x0 = (ny - hy) // 2, (nx - hx) // 2
     box = np.s_[y0:y0 + hy, x0:x0 + hx]
     whole = (hy, hx) == (ny, nx)
-    sigma, gain = float(measured["sigma"]), measured.get("header_gain")
+    sigma, gain = float(measured["sigma"]), exposure_gain(measured)
     seed = exposure_seed(name, config.inject_seed)
     rng = np.random.default_rng(seed)
     plan = plan_injection((hy, hx), mask[box], psf, sigma=sigma, zeropoint=zeropoint, radius=radius,
@@ -643,7 +643,7 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     phot = None
     if len(sources["positions"]):
         phot = _photometry_setup(reference, background, sources["positions"], fwhm=sources["fwhm"],
-                                 sigma=measured["sigma"], gain=measured.get("header_gain"),
+                                 sigma=measured["sigma"], gain=exposure_gain(measured),
                                  config=config)
     input_power = power_spectrum(data, background=background, mask=mask)[1]
     scores = {}
@@ -656,7 +656,7 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
         # Cosmic rays are in the input, not in the reference: they dominate its MSE, and a
         # method that merely removes them would win on PSNR alone. Also scored without them.
         hits = outlier_pixels(data, truth, sky=measured["sky_level"], sigma=measured["sigma"],
-                              gain=measured.get("header_gain"))
+                              gain=exposure_gain(measured))
         for name, img in images.items():
             scores[name]["psnr_clean"] = psnr(np.where(hits, np.nan, img), truth)
         scores["input"]["outlier_fraction"] = float(hits.mean())

@@ -114,7 +114,9 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: 
     dict with ``sky_level`` (median sky, data units), ``sky_rms`` (median of the
     Background2D RMS map), ``sigma`` (robust std of source-free, sky-subtracted
     pixels: the Gaussian noise level), ``blank_fraction`` (share of pixels used),
-    ``nan_fraction``, ``header_gain``/``header_read_noise`` (None if absent),
+    ``nan_fraction``, ``header_gain``/``header_read_noise`` (None if absent), ``gain``
+    (e- per data unit, what the noise model uses: :func:`effective_gain`) and
+    ``gain_source`` (where it came from, or why there is none),
     ``sigma_from_header`` (sqrt((sky - bias)*gain + rn^2)/gain, None without both
     keywords), ``overscan`` (bias and read noise from BIASSEC, None without one),
     ``read_noise_overscan`` (e-, with the header gain), ``poisson_gaussian`` (the
@@ -154,6 +156,7 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: 
     correlation = noise_autocorrelation(residual, mask)
     pattern = pattern_noise(residual, mask, sigma=sigma)
     fit = fit_poisson_gaussian(mean_variance_curve(data), bias=bias)
+    used_gain, gain_source = effective_gain(header, sky_level=sky_level, bias=bias, sigma=sigma, fit=fit)
     weight_sigma = None
     if ivar is not None:
         usable = ~mask & (ivar > 0)
@@ -166,6 +169,8 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: 
         "nan_fraction": float((~np.isfinite(data)).mean()),
         "header_gain": gain,
         "header_read_noise": read_noise,
+        "gain": used_gain,
+        "gain_source": gain_source,
         "sigma_from_header": expected,
         "overscan": overscan,
         "read_noise_overscan": (overscan["read_noise_adu"] * gain) if overscan and gain else None,
@@ -177,6 +182,58 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: 
         "sigma_from_weight": weight_sigma,
         "weight_agreement": sigma / weight_sigma if weight_sigma else None,
     }
+
+
+#: BUNIT values of data in detector counts, where the header GAIN (e- per count) applies.
+COUNT_UNITS = frozenset({"", "adu", "adus", "dn", "dns", "count", "counts", "ct", "cts", "data number"})
+#: BUNIT values of data in electrons (gain 1), and in electrons per second (gain EXPTIME).
+ELECTRON_UNITS = frozenset({"electron", "electrons", "e-", "e"})
+ELECTRON_RATE_UNITS = frozenset({"electron/s", "electrons/s", "e-/s", "e/s", "electrons/sec", "e-/sec"})
+
+
+def effective_gain(header: fits.Header | None, *, sky_level: float, bias: float, sigma: float,
+                   fit: dict) -> tuple[float | None, str]:
+    """The gain (electrons per data unit) the noise model uses, and where it came from.
+
+    From the header where it describes these data: ``GAIN`` when ``BUNIT`` is absent or
+    a count unit (ADU, DN, counts), 1 for data in electrons, ``EXPTIME`` for electrons
+    per second. A header gain is refused when the sky's own photon noise under it,
+    ``sqrt((sky - bias) / gain)``, is over 3 times the measured noise: an image cannot be
+    less noisy than its photons (a coadd of 10 or more, a rescaled image whose header
+    still carries the detector's GAIN). The margin is wide because an unmeasured bias
+    pedestal inflates ``sky - bias`` (a raw frame without overscan), and refusing a right
+    gain costs more (the network then works in the linear domain, where bright sources
+    lose flux) than keeping a wrong one. Otherwise a reliable single-image
+    Poisson-Gaussian fit (``fit``), else None: the data are then treated as Gaussian.
+    """
+    unit = str(header.get("BUNIT", "")).strip().lower() if header is not None else ""
+    header_gain, exptime = _header_float(header, "GAIN"), _header_float(header, "EXPTIME")
+    if unit in ELECTRON_UNITS:
+        gain, source = 1.0, f"BUNIT {unit}"
+    elif unit in ELECTRON_RATE_UNITS and exptime:
+        gain, source = exptime, f"BUNIT {unit} x EXPTIME"
+    elif header_gain and header_gain > 0 and unit in COUNT_UNITS:
+        gain, source = header_gain, "header GAIN"
+    else:
+        gain = None
+        source = (f"header GAIN not used: BUNIT '{unit}' is not a count unit" if header_gain
+                  else "no GAIN keyword")
+    if gain and sky_level - bias > 0 and np.sqrt((sky_level - bias) / gain) > 3.0 * sigma:
+        gain, source = None, f"{source} not used: its sky photon noise exceeds the measured noise"
+    if gain:
+        return float(gain), source
+    if fit.get("reliable") and fit.get("gain"):
+        return float(fit["gain"]), f"Poisson-Gaussian fit ({source})"
+    return None, f"none ({source})"
+
+
+def exposure_gain(measured: dict) -> float | None:
+    """The gain of a noise-step JSON: its ``gain`` (:func:`effective_gain`); in files
+    written before that key existed, the header gain, else a reliable fit."""
+    if "gain" in measured:
+        return measured["gain"]
+    fit = measured.get("poisson_gaussian") or {}
+    return measured.get("header_gain") or (fit.get("gain") if fit.get("reliable") else None)
 
 
 def _header_float(header: fits.Header | None, key: str) -> float | None:

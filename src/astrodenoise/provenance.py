@@ -22,7 +22,7 @@ __all__ = ["STEP_VERSIONS", "code_version", "config_hash"]
 STEP_VERSIONS = {
     "simulate": 1,
     "ingest": 1,
-    "noise": 1,
+    "noise": 2,
     "register": 1,
     "train": 2,
     "predict": 2,

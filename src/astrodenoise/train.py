@@ -241,7 +241,7 @@ def exposure_normalisation(stats: dict, noise: dict) -> Normalisation:
     Parameters
     ----------
     stats : ``checkpoint["normalisation"]``; checkpoints without ``kind`` are linear
-    noise : the exposure's noise JSON (``sky_level``, ``sigma``, ``header_gain``)
+    noise : the exposure's noise JSON (``sky_level``, ``sigma``, ``gain``)
 
     Use it at prediction as ``norm.forward(data)``, the model on the result, then
     ``norm.inverse(output)``.
@@ -249,7 +249,7 @@ def exposure_normalisation(stats: dict, noise: dict) -> Normalisation:
     kind = stats.get("kind", "linear")
     if kind == "linear":
         return Normalisation("linear", offset=float(noise["sky_level"]), scale=float(stats["scale"]))
-    gain = noise.get("header_gain") or stats["gain"]
+    gain = _gain(noise) or stats["gain"]
     return Normalisation("gat", offset=float(noise["sky_level"]), scale=float(noise["sigma"]),
                          gain=float(gain))
 
@@ -829,9 +829,10 @@ def plot_curve(path: str | Path, history: list[dict], *, best_step: int | None =
 
 
 def _gain(measured: dict) -> float | None:
-    """Header gain, else a reliable single-image Poisson-Gaussian fit, else None."""
-    fit = measured.get("poisson_gaussian") or {}
-    return measured.get("header_gain") or (fit.get("gain") if fit.get("reliable") else None)
+    """The exposure's gain from its noise JSON (:func:`astrodenoise.noise.exposure_gain`)."""
+    from .noise import exposure_gain
+
+    return exposure_gain(measured)
 
 
 def _resume_point(path: Path, config: TrainConfig) -> dict | None:
