@@ -53,7 +53,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 from astropy.stats import mad_std
 from astropy.table import Table
@@ -66,6 +65,7 @@ from astrodenoise.baselines import DENOISERS, NoiseModel
 from astrodenoise.evaluate import aperture_fluxes, blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
 from astrodenoise.noise import estimate_background, source_mask
+from astrodenoise.predict import denoise_array, denoise_with_uncertainty
 from astrodenoise.train import Exposure, TrainConfig, exposure_normalisation, train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,14 +93,16 @@ def demo_exposures(results: Path, survey: str) -> list[Exposure]:
     return exposures
 
 
-def train_models(results: Path, survey: str, overrides: dict, out_dir: Path) -> tuple[dict, dict]:
-    """Train n2n and n2v with config.yaml's train block plus ``overrides``; return
+def train_models(results: Path, survey: str, overrides: dict, out_dir: Path,
+                 methods: list[str]) -> tuple[dict, dict]:
+    """Train ``methods`` with config.yaml's train block plus ``overrides``; return
     ({method: checkpoint path}, {method: {"train_seconds", "load_1min"}})."""
     settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
     settings = {k: v for k, v in settings.items() if k != "methods"} | overrides
     exposures = demo_exposures(results, survey)
     paths, timing = {}, {}
-    for method in ("n2n", "n2v"):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for method in methods:
         config = TrainConfig.from_dict(settings | {"method": method})
         start = time.perf_counter()
         checkpoint = train_model(exposures, config)
@@ -111,20 +113,15 @@ def train_models(results: Path, survey: str, overrides: dict, out_dir: Path) -> 
     return paths, timing
 
 
-def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict) -> np.ndarray:
-    """Whole-image prediction of a trained checkpoint (ADU in, ADU out, NaN kept)."""
+def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict, *, average: bool) -> np.ndarray:
+    """Whole-image prediction of a trained checkpoint (ADU in, ADU out, NaN kept); with
+    ``average`` the mean over the eight dihedral transforms (as predict.average does)."""
     model = UNet(UNetConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     norm = exposure_normalisation(checkpoint["normalisation"], noise)
-    image, nodata = norm.forward(data)
-    step = 2**model.n_pool
-    ny, nx = image.shape
-    padded = np.pad(image, ((0, -ny % step), (0, -nx % step)), mode="reflect")
-    with torch.inference_mode():
-        out = model.eval()(torch.from_numpy(padded)[None, None])[0, 0, :ny, :nx].numpy()
-    out = norm.inverse(out)
-    out[nodata] = np.nan
-    return out
+    if average:
+        return denoise_with_uncertainty(data, model.eval(), norm=norm)[0]
+    return denoise_array(data, model.eval(), norm=norm)
 
 
 def cosmic_ray_pixels(data, truth, noise: NoiseModel) -> np.ndarray:
@@ -241,7 +238,8 @@ def markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str]) -> tuple[dict, dict]:
+def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str], *,
+        average: bool) -> tuple[dict, dict]:
     """Score the input, every model and every baseline on every exposure of ``survey``."""
     sim = results / "simulate" / survey
     checkpoints = {m: io.load_checkpoint(p) for m, p in models.items()}
@@ -251,7 +249,7 @@ def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str
         ctx = exposure_context(raw, noise_json(results, survey, raw.stem),
                                sim / "truth" / f"{field}.fits", sim / "catalog" / f"{field}.ecsv")
         denoisers = {"input": lambda d, c: d}
-        denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["measured"], ck))
+        denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["measured"], ck, average=average))
                       for m, ck in checkpoints.items()}
         denoisers |= {b: (lambda d, c, b=b: DENOISERS[b](d, c["noise"])) for b in baselines}
         row = {}
@@ -278,9 +276,14 @@ def main(argv=None) -> None:
     parser.add_argument("--model", nargs="*", default=[], metavar="METHOD=PT",
                         help="checkpoints (default: results/train/<survey>/{n2n,n2v}/model.pt)")
     parser.add_argument("--baselines", nargs="*", default=list(DENOISERS))
-    parser.add_argument("--train", action="store_true", help="train n2n and n2v here first")
+    parser.add_argument("--train", action="store_true", help="train the --methods here first")
+    parser.add_argument("--methods", nargs="*", default=["n2n", "n2v"], help="with --train: what to train")
+    parser.add_argument("--model-dir", type=Path, default=REPO / "benchmarks" / "quality_models",
+                        help="with --train: where the checkpoints go (the default is ignored by git)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="with --train: override keys of the train block of config/config.yaml")
+    parser.add_argument("--average", choices=("yes", "no"), default=None,
+                        help="mean of the 8 dihedral transforms (default: predict.average of config.yaml)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality_results",
                         help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
@@ -289,10 +292,13 @@ def main(argv=None) -> None:
     timing = {}
     if args.train:
         overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-        out_dir = REPO / "benchmarks" / "quality_models"  # ignored by git (benchmarks/*/)
-        models, timing = train_models(args.results, args.survey, overrides, out_dir)
+        trained, timing = train_models(args.results, args.survey, overrides, args.model_dir, args.methods)
+        models = dict(item.split("=", 1) for item in args.model) | trained
     models = {m: Path(p) for m, p in models.items() if Path(p).exists()}
-    summary, meta = run(args.results, args.survey, models, args.baselines)
+    average = args.average == "yes" if args.average else bool(
+        yaml.safe_load((REPO / "config" / "config.yaml").read_text())["predict"].get("average", False))
+    summary, meta = run(args.results, args.survey, models, args.baselines, average=average)
+    meta["average"] = average
     for method, row in timing.items():
         summary[method] |= row
     args.out.parent.mkdir(parents=True, exist_ok=True)

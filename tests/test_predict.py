@@ -39,7 +39,7 @@ def _assert_matches_whole_image(image, checkpoint, tile):
     whole = denoise_array(image, model, offset=SKY, scale=scale)
 
     tiled = predict_tiles(image, str(checkpoint), offset=SKY,
-                          config=PredictConfig(tile=tile, device="cpu"))
+                          config=PredictConfig(tile=tile, device="cpu", average=False))
     result = tiled.compute(scheduler="sync")
 
     assert result.dtype == np.float32 and result.shape == image.shape
@@ -166,7 +166,7 @@ def test_predict_writes_fits_with_wcs_and_history_and_zarr(tmp_path, make_image,
     noise_json = tmp_path / "exp.json"
     io.write_json(noise_json, {"sky_level": SKY, "sigma": SIGMA})
     out_zarr, out_fits = tmp_path / "den.zarr", tmp_path / "den.fits"
-    config = PredictConfig(tile=64, device="cpu", threads=1)
+    config = PredictConfig(tile=64, device="cpu", threads=1, average=False)
 
     predict(str(store), str(noise_json), str(tiny_checkpoint), out_zarr=str(out_zarr),
             out_fits=str(out_fits), config=config)
@@ -228,6 +228,21 @@ def test_tiled_uncertainty_equals_whole_image(make_image, tiny_checkpoint):
     np.testing.assert_allclose(tiled_err, err, rtol=1e-4, atol=1e-4 * SIGMA)
     assert np.isnan(tiled_err[30, 40]) and np.isnan(tiled_mean[30, 40])
     assert np.nanmin(err) >= 0 and np.nanmean(err) > 0
+
+
+@pytest.mark.parametrize("shape", [(150, 203), (64, 64)])
+def test_tiled_average_is_the_whole_image_mean_of_the_dihedral_transforms(make_image, tiny_checkpoint,
+                                                                          shape):
+    image = make_image(shape, sky=SKY, sigma=SIGMA, seed=13).data.copy()
+    image[30, 40] = np.nan
+    model, scale = load_model(str(tiny_checkpoint), "cpu")
+    mean, _ = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
+
+    planes = predict_planes(image, str(tiny_checkpoint), offset=SKY,
+                            config=PredictConfig(tile=64, device="cpu", average=True))
+
+    assert planes.shape == (1, *shape)
+    np.testing.assert_allclose(planes[0].compute(scheduler="sync"), mean, rtol=1e-5, atol=1e-4 * SIGMA)
 
 
 def test_uncertainty_mean_is_close_to_plain_prediction(make_image, tiny_checkpoint):
@@ -354,7 +369,7 @@ def test_gat_model_tiled_equals_whole_and_inverts_in_data_units(tmp_path, tiny_c
     model, _ = load_model(str(path), "cpu")
 
     whole = denoise_array(image, model, norm=norm)
-    tiled = predict_tiles(image, str(path), norm=norm, config=PredictConfig(tile=64)).compute()
+    tiled = predict_tiles(image, str(path), norm=norm, config=PredictConfig(tile=64, average=False)).compute()
     mean, err = denoise_with_uncertainty(image, model, norm=norm)
 
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-4)
@@ -377,7 +392,7 @@ def test_predict_applies_the_checkpoint_domain_with_the_exposure_noise(tmp_path,
             out_fits=str(tmp_path / "o.fits"), config=PredictConfig(tile=64))
 
     model, _ = load_model(str(path), "cpu")
-    expected = denoise_array(data, model, norm=Normalisation("gat", offset=SKY, scale=3.0, gain=2.0))
+    expected, _ = denoise_with_uncertainty(data, model, norm=Normalisation("gat", offset=SKY, scale=3.0, gain=2.0))
     np.testing.assert_allclose(io.open_zarr_image(tmp_path / "o.zarr")[...], expected, rtol=1e-5, atol=1e-4)
 
 

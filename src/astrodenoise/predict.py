@@ -7,8 +7,9 @@ and cropped back (crop-and-place). The result equals whole-image prediction to f
 rounding. Normalisation is global (the exposure's sky level and the survey scale from
 the checkpoint), never per tile. NaN pixels (no data) stay NaN.
 
-Optionally the eight dihedral transforms of each block (flips and transposes) are
-denoised and undone: their mean is the image and their spread a per-pixel uncertainty.
+By default (``average``) the eight dihedral transforms of each block (flips and
+transposes) are denoised and undone, and their mean is the image; optionally their
+spread is written as a per-pixel uncertainty.
 
 Outputs stream to disk block by block (a zarr v3 store whose shards are the dask blocks
 and a FITS file written in place), so memory stays flat however large the mosaic.
@@ -65,8 +66,10 @@ class PredictConfig:
     running the model on its own block; ``device`` ``"auto"`` (CUDA when available),
     ``"cpu"`` or ``"cuda"``; ``threads`` the CPU cores to use in all (0: every core this
     process may run on); ``precision`` one of :data:`PRECISIONS` (autocast dtype of the
-    forward pass); ``uncertainty`` adds the spread over the eight dihedral test-time
-    transforms (eight forward passes per block; the image is then their mean).
+    forward pass); ``average`` makes the image the mean over the eight dihedral
+    test-time transforms (flips and transposes; eight forward passes per block: on the
+    demo survey +0.3 dB PSNR for both networks, benchmarks/quality_results.md);
+    ``uncertainty`` adds their spread as a second plane (and implies the mean).
 
     ``scheduler`` says where the blocks run: ``"threads"`` (this process, ``workers``
     threads), ``"local"`` (a dask.distributed LocalCluster of ``workers`` processes),
@@ -82,6 +85,7 @@ class PredictConfig:
     threads: int = 0
     scheduler: str = "threads"
     precision: str = "auto"
+    average: bool = True
     uncertainty: bool = False
 
     def __post_init__(self):
@@ -276,8 +280,8 @@ def denoise_with_uncertainty(data: np.ndarray, model: UNet, *, offset: float | N
 
 
 def _denoise_block(block: np.ndarray, *, checkpoint: str, device: str, norm: Normalisation,
-                   torch_threads: int, precision: str, uncertainty: bool, depth: int,
-                   block_info=None) -> np.ndarray:
+                   torch_threads: int, precision: str, average: bool, uncertainty: bool,
+                   depth: int, block_info=None) -> np.ndarray:
     """Denoise one overlapped block; return the (planes, ny, nx) crop of its own region."""
     # Set in the process that runs the block: a distributed worker is another process.
     _reuse_freed_memory()
@@ -286,6 +290,8 @@ def _denoise_block(block: np.ndarray, *, checkpoint: str, device: str, norm: Nor
     model, _ = load_model(checkpoint, device)
     if uncertainty:
         planes = np.stack(denoise_with_uncertainty(block, model, norm=norm, precision=precision))
+    elif average:
+        planes = denoise_with_uncertainty(block, model, norm=norm, precision=precision)[0][None]
     else:
         planes = denoise_array(block, model, norm=norm, precision=precision)[None]
     # boundary="none" extends a block only towards its neighbours: crop those sides.
@@ -336,7 +342,7 @@ def predict_planes(image: da.Array | np.ndarray, checkpoint: str, *, offset: flo
         meta=np.empty((0, 0, 0), dtype=np.float32),
         checkpoint=str(checkpoint), device=config.device, norm=norm,
         torch_threads=compute_threads(config), precision=config.precision,
-        uncertainty=config.uncertainty, depth=overlap,
+        average=config.average, uncertainty=config.uncertainty, depth=overlap,
     )
 
 
@@ -346,7 +352,7 @@ def predict_tiles(image: da.Array | np.ndarray, checkpoint: str, *, offset: floa
     """Return a lazy (ny, nx) float32 dask array: ``image`` denoised tile by tile.
 
     Plane 0 of :func:`predict_planes` (the mean of the dihedral transforms when
-    ``config.uncertainty`` is set).
+    ``config.average`` or ``config.uncertainty`` is set).
     """
     return predict_planes(image, checkpoint, offset=offset, norm=norm, config=config)[0]
 

@@ -25,7 +25,7 @@ STEP_VERSIONS = {
     "noise": 1,
     "register": 1,
     "train": 2,
-    "predict": 2,
+    "predict": 3,
     "evaluate": 2,
     "report": 2,
 }
