@@ -9,11 +9,15 @@ survey, in one run, and writes ``benchmarks/quality_results.json`` and ``.md``.
     .venv/bin/python benchmarks/quality.py          # score results/train/demo/*/model.pt
     .venv/bin/python benchmarks/quality.py --model n2v=other.pt --out /tmp/q
     .venv/bin/python benchmarks/quality.py --train --set transform=gat   # train here first
+    .venv/bin/python benchmarks/quality.py --predict-set average=false restore_flux=false
 
-``--train`` trains both networks on the demo exposures with the ``train`` block of
-config/config.yaml (``--set key=value`` overrides a key, YAML values), saves them under
-benchmarks/quality_models/ and records the training time (``train_seconds``, with the
-1-minute load average at the end of training, since the CPU may be shared).
+``--train`` trains both networks (or ``--methods``) on the demo exposures with the
+``train`` block of config/config.yaml (``--set key=value`` overrides a key, YAML values),
+saves them under benchmarks/quality_models/ (``--model-dir``) and records the training
+time (``train_seconds``, with the 1-minute load average at the end of training, since the
+CPU may be shared). The networks' images are made as the predict step makes them, with
+the ``predict`` block of config/config.yaml (mean over the dihedral transforms, flux
+restoration; ``--predict-set key=value`` overrides a key, e.g. ``restore_flux=false``).
 
 Metrics (per exposure; the table shows the mean over exposures, or the pooled median):
 
@@ -65,7 +69,7 @@ from astrodenoise.baselines import DENOISERS, NoiseModel
 from astrodenoise.evaluate import aperture_fluxes, blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
 from astrodenoise.noise import estimate_background, source_mask
-from astrodenoise.predict import denoise_array, denoise_with_uncertainty
+from astrodenoise.predict import PredictConfig, denoise_planes
 from astrodenoise.train import Exposure, TrainConfig, exposure_normalisation, train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,15 +117,14 @@ def train_models(results: Path, survey: str, overrides: dict, out_dir: Path,
     return paths, timing
 
 
-def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict, *, average: bool) -> np.ndarray:
-    """Whole-image prediction of a trained checkpoint (ADU in, ADU out, NaN kept); with
-    ``average`` the mean over the eight dihedral transforms (as predict.average does)."""
+def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict, *,
+                            config: PredictConfig) -> np.ndarray:
+    """Whole-image prediction of a trained checkpoint as the predict step makes it (ADU in,
+    ADU out, NaN kept; dihedral mean and flux restoration as ``config`` says)."""
     model = UNet(UNetConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     norm = exposure_normalisation(checkpoint["normalisation"], noise)
-    if average:
-        return denoise_with_uncertainty(data, model.eval(), norm=norm)[0]
-    return denoise_array(data, model.eval(), norm=norm)
+    return denoise_planes(data, model.eval(), norm=norm, config=config)[0]
 
 
 def cosmic_ray_pixels(data, truth, noise: NoiseModel) -> np.ndarray:
@@ -239,7 +242,7 @@ def markdown(summary: dict, meta: dict) -> str:
 
 
 def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str], *,
-        average: bool) -> tuple[dict, dict]:
+        config: PredictConfig) -> tuple[dict, dict]:
     """Score the input, every model and every baseline on every exposure of ``survey``."""
     sim = results / "simulate" / survey
     checkpoints = {m: io.load_checkpoint(p) for m, p in models.items()}
@@ -249,7 +252,7 @@ def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str
         ctx = exposure_context(raw, noise_json(results, survey, raw.stem),
                                sim / "truth" / f"{field}.fits", sim / "catalog" / f"{field}.ecsv")
         denoisers = {"input": lambda d, c: d}
-        denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["measured"], ck, average=average))
+        denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["measured"], ck, config=config))
                       for m, ck in checkpoints.items()}
         denoisers |= {b: (lambda d, c, b=b: DENOISERS[b](d, c["noise"])) for b in baselines}
         row = {}
@@ -282,8 +285,8 @@ def main(argv=None) -> None:
                         help="with --train: where the checkpoints go (the default is ignored by git)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="with --train: override keys of the train block of config/config.yaml")
-    parser.add_argument("--average", choices=("yes", "no"), default=None,
-                        help="mean of the 8 dihedral transforms (default: predict.average of config.yaml)")
+    parser.add_argument("--predict-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override keys of the predict block of config/config.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality_results",
                         help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
@@ -295,10 +298,11 @@ def main(argv=None) -> None:
         trained, timing = train_models(args.results, args.survey, overrides, args.model_dir, args.methods)
         models = dict(item.split("=", 1) for item in args.model) | trained
     models = {m: Path(p) for m, p in models.items() if Path(p).exists()}
-    average = args.average == "yes" if args.average else bool(
-        yaml.safe_load((REPO / "config" / "config.yaml").read_text())["predict"].get("average", False))
-    summary, meta = run(args.results, args.survey, models, args.baselines, average=average)
-    meta["average"] = average
+    predict = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["predict"]
+    predict |= {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.predict_set)}
+    config = PredictConfig.from_dict(predict | {"device": "cpu", "precision": "float32"})
+    summary, meta = run(args.results, args.survey, models, args.baselines, config=config)
+    meta["predict_config"] = config.__dict__
     for method, row in timing.items():
         summary[method] |= row
     args.out.parent.mkdir(parents=True, exist_ok=True)
