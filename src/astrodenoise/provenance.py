@@ -24,7 +24,7 @@ STEP_VERSIONS = {
     "ingest": 1,
     "noise": 1,
     "register": 1,
-    "train": 2,
+    "train": 3,
     "predict": 3,
     "evaluate": 2,
     "report": 2,
