@@ -215,6 +215,13 @@ def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]
     return summary
 
 
+def _prediction_line(config: dict) -> str:
+    restore = (f"threshold {config['restore_threshold']} sigma, grown {config['restore_grow']} px, "
+               f"smoothed {config['restore_sigma']} px" if config["restore_flux"] else "off")
+    return (f"Network images as the predict step makes them: mean over the 8 dihedral transforms "
+            f"{'on' if config['average'] else 'off'}; flux restoration {restore}.")
+
+
 def markdown(summary: dict, meta: dict) -> str:
     """The summary as a markdown table (biases in percent)."""
     lines = [f"# Denoising quality on the {meta['survey']} survey ({meta['n_exposures']} single exposures)",
@@ -232,7 +239,7 @@ def markdown(summary: dict, meta: dict) -> str:
     n = next(iter(summary.values()))
     lines += ["", f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
               "(5 < S/N < 20).", "", f"Models: {meta['models']}; kept steps {meta['model_steps']}; "
-              f"domain {meta['normalisation']}.", ""]
+              f"domain {meta['normalisation']}.", "", _prediction_line(meta["predict_config"]), ""]
     for m, s in summary.items():
         if "train_seconds" in s:
             lines.append(f"Training {m}: {s['train_seconds']:.0f} s (1-minute load average "
