@@ -9,7 +9,8 @@ the checkpoint), never per tile. NaN pixels (no data) stay NaN.
 
 By default (``average``) the eight dihedral transforms of each block (flips and
 transposes) are denoised and undone, and their mean is the image; optionally their
-spread is written as a per-pixel uncertainty.
+spread is written as a per-pixel uncertainty. By default (``restore_flux``) the flux the
+network shrank away is then given back to the sources (:func:`restore_flux`).
 
 Outputs stream to disk block by block (a zarr v3 store whose shards are the dask blocks
 and a FITS file written in place), so memory stays flat however large the mosaic.
