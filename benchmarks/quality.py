@@ -9,11 +9,15 @@ survey, in one run, and writes ``benchmarks/quality_results.json`` and ``.md``.
     .venv/bin/python benchmarks/quality.py          # score results/train/demo/*/model.pt
     .venv/bin/python benchmarks/quality.py --model n2v=other.pt --out /tmp/q
     .venv/bin/python benchmarks/quality.py --train --set transform=gat   # train here first
+    .venv/bin/python benchmarks/quality.py --predict-set average=false restore_flux=false
 
-``--train`` trains both networks on the demo exposures with the ``train`` block of
-config/config.yaml (``--set key=value`` overrides a key, YAML values), saves them under
-benchmarks/quality_models/ and records the training time (``train_seconds``, with the
-1-minute load average at the end of training, since the CPU may be shared).
+``--train`` trains both networks (or ``--methods``) on the demo exposures with the
+``train`` block of config/config.yaml (``--set key=value`` overrides a key, YAML values),
+saves them under benchmarks/quality_models/ (``--model-dir``) and records the training
+time (``train_seconds``, with the 1-minute load average at the end of training, since the
+CPU may be shared). The networks' images are made as the predict step makes them, with
+the ``predict`` block of config/config.yaml (mean over the dihedral transforms, flux
+restoration; ``--predict-set key=value`` overrides a key, e.g. ``restore_flux=false``).
 
 Metrics (per exposure; the table shows the mean over exposures, or the pooled median):
 
@@ -53,7 +57,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 from astropy.stats import mad_std
 from astropy.table import Table
@@ -66,6 +69,7 @@ from astrodenoise.baselines import DENOISERS, NoiseModel
 from astrodenoise.evaluate import aperture_fluxes, blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
 from astrodenoise.noise import estimate_background, source_mask
+from astrodenoise.predict import PredictConfig, denoise_planes
 from astrodenoise.train import Exposure, TrainConfig, exposure_normalisation, train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,14 +97,16 @@ def demo_exposures(results: Path, survey: str) -> list[Exposure]:
     return exposures
 
 
-def train_models(results: Path, survey: str, overrides: dict, out_dir: Path) -> tuple[dict, dict]:
-    """Train n2n and n2v with config.yaml's train block plus ``overrides``; return
+def train_models(results: Path, survey: str, overrides: dict, out_dir: Path,
+                 methods: list[str]) -> tuple[dict, dict]:
+    """Train ``methods`` with config.yaml's train block plus ``overrides``; return
     ({method: checkpoint path}, {method: {"train_seconds", "load_1min"}})."""
     settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
     settings = {k: v for k, v in settings.items() if k != "methods"} | overrides
     exposures = demo_exposures(results, survey)
     paths, timing = {}, {}
-    for method in ("n2n", "n2v"):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for method in methods:
         config = TrainConfig.from_dict(settings | {"method": method})
         start = time.perf_counter()
         checkpoint = train_model(exposures, config)
@@ -111,20 +117,14 @@ def train_models(results: Path, survey: str, overrides: dict, out_dir: Path) -> 
     return paths, timing
 
 
-def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict) -> np.ndarray:
-    """Whole-image prediction of a trained checkpoint (ADU in, ADU out, NaN kept)."""
+def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict, *,
+                            config: PredictConfig) -> np.ndarray:
+    """Whole-image prediction of a trained checkpoint as the predict step makes it (ADU in,
+    ADU out, NaN kept; dihedral mean and flux restoration as ``config`` says)."""
     model = UNet(UNetConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     norm = exposure_normalisation(checkpoint["normalisation"], noise)
-    image, nodata = norm.forward(data)
-    step = 2**model.n_pool
-    ny, nx = image.shape
-    padded = np.pad(image, ((0, -ny % step), (0, -nx % step)), mode="reflect")
-    with torch.inference_mode():
-        out = model.eval()(torch.from_numpy(padded)[None, None])[0, 0, :ny, :nx].numpy()
-    out = norm.inverse(out)
-    out[nodata] = np.nan
-    return out
+    return denoise_planes(data, model.eval(), norm=norm, config=config)[0]
 
 
 def cosmic_ray_pixels(data, truth, noise: NoiseModel) -> np.ndarray:
@@ -215,6 +215,13 @@ def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]
     return summary
 
 
+def _prediction_line(config: dict) -> str:
+    restore = (f"threshold {config['restore_threshold']} sigma, grown {config['restore_grow']} px, "
+               f"smoothed {config['restore_sigma']} px" if config["restore_flux"] else "off")
+    return (f"Network images as the predict step makes them: mean over the 8 dihedral transforms "
+            f"{'on' if config['average'] else 'off'}; flux restoration {restore}.")
+
+
 def markdown(summary: dict, meta: dict) -> str:
     """The summary as a markdown table (biases in percent)."""
     lines = [f"# Denoising quality on the {meta['survey']} survey ({meta['n_exposures']} single exposures)",
@@ -232,7 +239,7 @@ def markdown(summary: dict, meta: dict) -> str:
     n = next(iter(summary.values()))
     lines += ["", f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
               "(5 < S/N < 20).", "", f"Models: {meta['models']}; kept steps {meta['model_steps']}; "
-              f"domain {meta['normalisation']}.", ""]
+              f"domain {meta['normalisation']}.", "", _prediction_line(meta["predict_config"]), ""]
     for m, s in summary.items():
         if "train_seconds" in s:
             lines.append(f"Training {m}: {s['train_seconds']:.0f} s (1-minute load average "
@@ -241,7 +248,8 @@ def markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str]) -> tuple[dict, dict]:
+def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str], *,
+        config: PredictConfig) -> tuple[dict, dict]:
     """Score the input, every model and every baseline on every exposure of ``survey``."""
     sim = results / "simulate" / survey
     checkpoints = {m: io.load_checkpoint(p) for m, p in models.items()}
@@ -251,7 +259,7 @@ def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str
         ctx = exposure_context(raw, noise_json(results, survey, raw.stem),
                                sim / "truth" / f"{field}.fits", sim / "catalog" / f"{field}.ecsv")
         denoisers = {"input": lambda d, c: d}
-        denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["measured"], ck))
+        denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["measured"], ck, config=config))
                       for m, ck in checkpoints.items()}
         denoisers |= {b: (lambda d, c, b=b: DENOISERS[b](d, c["noise"])) for b in baselines}
         row = {}
@@ -278,9 +286,14 @@ def main(argv=None) -> None:
     parser.add_argument("--model", nargs="*", default=[], metavar="METHOD=PT",
                         help="checkpoints (default: results/train/<survey>/{n2n,n2v}/model.pt)")
     parser.add_argument("--baselines", nargs="*", default=list(DENOISERS))
-    parser.add_argument("--train", action="store_true", help="train n2n and n2v here first")
+    parser.add_argument("--train", action="store_true", help="train the --methods here first")
+    parser.add_argument("--methods", nargs="*", default=["n2n", "n2v"], help="with --train: what to train")
+    parser.add_argument("--model-dir", type=Path, default=REPO / "benchmarks" / "quality_models",
+                        help="with --train: where the checkpoints go (the default is ignored by git)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="with --train: override keys of the train block of config/config.yaml")
+    parser.add_argument("--predict-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override keys of the predict block of config/config.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality_results",
                         help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
@@ -289,10 +302,14 @@ def main(argv=None) -> None:
     timing = {}
     if args.train:
         overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-        out_dir = REPO / "benchmarks" / "quality_models"  # ignored by git (benchmarks/*/)
-        models, timing = train_models(args.results, args.survey, overrides, out_dir)
+        trained, timing = train_models(args.results, args.survey, overrides, args.model_dir, args.methods)
+        models = dict(item.split("=", 1) for item in args.model) | trained
     models = {m: Path(p) for m, p in models.items() if Path(p).exists()}
-    summary, meta = run(args.results, args.survey, models, args.baselines)
+    predict = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["predict"]
+    predict |= {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.predict_set)}
+    config = PredictConfig.from_dict(predict | {"device": "cpu", "precision": "float32"})
+    summary, meta = run(args.results, args.survey, models, args.baselines, config=config)
+    meta["predict_config"] = config.__dict__
     for method, row in timing.items():
         summary[method] |= row
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from astropy.io import fits
 from astropy.wcs import WCS
+from scipy import ndimage
 
 from astrodenoise import io
 from astrodenoise.model import UNet, UNetConfig
@@ -15,13 +16,16 @@ from astrodenoise.predict import (
     _device,
     compute_threads,
     denoise_array,
+    denoise_planes,
     denoise_with_uncertainty,
     load_model,
     predict,
     predict_planes,
     predict_tiles,
+    restore_flux,
     tile_overlap,
 )
+from astrodenoise.train import Normalisation
 
 SKY, SIGMA = 100.0, 3.0
 
@@ -39,7 +43,7 @@ def _assert_matches_whole_image(image, checkpoint, tile):
     whole = denoise_array(image, model, offset=SKY, scale=scale)
 
     tiled = predict_tiles(image, str(checkpoint), offset=SKY,
-                          config=PredictConfig(tile=tile, device="cpu"))
+                          config=PredictConfig(tile=tile, device="cpu", average=False, restore_flux=False))
     result = tiled.compute(scheduler="sync")
 
     assert result.dtype == np.float32 and result.shape == image.shape
@@ -166,7 +170,7 @@ def test_predict_writes_fits_with_wcs_and_history_and_zarr(tmp_path, make_image,
     noise_json = tmp_path / "exp.json"
     io.write_json(noise_json, {"sky_level": SKY, "sigma": SIGMA})
     out_zarr, out_fits = tmp_path / "den.zarr", tmp_path / "den.fits"
-    config = PredictConfig(tile=64, device="cpu", threads=1)
+    config = PredictConfig(tile=64, device="cpu", threads=1, average=False, restore_flux=False)
 
     predict(str(store), str(noise_json), str(tiny_checkpoint), out_zarr=str(out_zarr),
             out_fits=str(out_fits), config=config)
@@ -221,13 +225,102 @@ def test_tiled_uncertainty_equals_whole_image(make_image, tiny_checkpoint):
     mean, err = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
 
     planes = predict_planes(image, str(tiny_checkpoint), offset=SKY,
-                            config=PredictConfig(tile=64, device="cpu", uncertainty=True))
+                            config=PredictConfig(tile=64, device="cpu", uncertainty=True,
+                                                 restore_flux=False))
     tiled_mean, tiled_err = planes.compute(scheduler="sync")
 
     np.testing.assert_allclose(tiled_mean, mean, rtol=1e-5, atol=1e-4 * SIGMA)
     np.testing.assert_allclose(tiled_err, err, rtol=1e-4, atol=1e-4 * SIGMA)
     assert np.isnan(tiled_err[30, 40]) and np.isnan(tiled_mean[30, 40])
     assert np.nanmin(err) >= 0 and np.nanmean(err) > 0
+
+
+@pytest.mark.parametrize("shape", [(150, 203), (64, 64)])
+def test_tiled_average_is_the_whole_image_mean_of_the_dihedral_transforms(make_image, tiny_checkpoint,
+                                                                          shape):
+    image = make_image(shape, sky=SKY, sigma=SIGMA, seed=13).data.copy()
+    image[30, 40] = np.nan
+    model, scale = load_model(str(tiny_checkpoint), "cpu")
+    mean, _ = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
+
+    planes = predict_planes(image, str(tiny_checkpoint), offset=SKY,
+                            config=PredictConfig(tile=64, device="cpu", restore_flux=False))
+
+    assert planes.shape == (1, *shape)
+    np.testing.assert_allclose(planes[0].compute(scheduler="sync"), mean, rtol=1e-5, atol=1e-4 * SIGMA)
+
+
+NORMS = [Normalisation("linear", offset=SKY, scale=SIGMA),
+         Normalisation("gat", offset=SKY, scale=SIGMA, gain=2.0)]
+
+
+def _source(shape, amplitude, centre=(32, 32), width=1.5):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return amplitude * np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * width**2))
+
+
+@pytest.mark.parametrize("norm", NORMS, ids=["linear", "gat"])
+def test_restore_flux_leaves_blank_sky_as_denoised(norm):
+    rng = np.random.default_rng(0)
+    data = (SKY + rng.normal(0, SIGMA, (64, 64))).astype(np.float32)
+    denoised = np.full_like(data, SKY)
+
+    restored = restore_flux(data, denoised, norm=norm)
+
+    np.testing.assert_array_equal(restored, denoised)
+
+
+@pytest.mark.parametrize("norm", NORMS, ids=["linear", "gat"])
+def test_restore_flux_gives_a_shrunk_source_the_flux_of_the_data(norm):
+    source = _source((64, 64), 4 * SIGMA)
+    data = (SKY + source).astype(np.float32)  # noise-free: the flux to give back is known
+    denoised = (SKY + 0.7 * source).astype(np.float32)  # a denoiser that dims it by 30%
+    aperture = _source(source.shape, 1.0) > np.exp(-4.5)  # radius 3 widths
+
+    restored = restore_flux(data, denoised, norm=norm)
+
+    flux = {name: (image - SKY)[aperture].sum() for name, image in
+            (("data", data), ("denoised", denoised), ("restored", restored))}
+    assert abs(flux["restored"] / flux["data"] - 1) < 0.05 < abs(flux["denoised"] / flux["data"] - 1)
+    far = ~ndimage.binary_dilation(aperture, iterations=8)
+    np.testing.assert_array_equal(restored[far], denoised[far])
+
+
+def test_restore_flux_does_not_put_back_a_cosmic_ray():
+    norm = NORMS[0]
+    source = _source((64, 64), 4 * SIGMA)
+    data = (SKY + source).astype(np.float32)
+    data[33, 33] += 500 * SIGMA
+    denoised = (SKY + 0.7 * source).astype(np.float32)
+
+    restored = restore_flux(data, denoised, norm=norm)
+
+    assert np.max(restored - denoised) < 4 * SIGMA
+
+
+def test_restore_flux_keeps_nan():
+    data = (SKY + _source((64, 64), 4 * SIGMA)).astype(np.float32)
+    data[10, 12] = np.nan
+    denoised = data.copy()
+
+    assert np.isnan(restore_flux(data, denoised, norm=NORMS[1])[10, 12])
+
+
+def test_tiled_equals_whole_image_with_average_and_flux_restoration(make_image, tiny_checkpoint):
+    image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=14, n_stars=40).data.copy()
+    image[30, 40] = np.nan
+    model, scale = load_model(str(tiny_checkpoint), "cpu")
+    norm = Normalisation("linear", offset=SKY, scale=scale)
+    # A random network's output is nearly flat, 0.5 sigma above the sky: a low threshold
+    # makes the whole image footprint, so the residual's smoothing crosses every tile edge.
+    config = PredictConfig(tile=64, device="cpu", restore_threshold=0.1)
+    whole = denoise_planes(image, model, norm=norm, config=config)
+    plain = denoise_planes(image, model, norm=norm, config=PredictConfig(restore_flux=False))
+
+    tiled = predict_planes(image, str(tiny_checkpoint), norm=norm, config=config).compute(scheduler="sync")
+
+    assert np.nanmax(np.abs(whole - plain)) > 0.1 * SIGMA  # the restoration did something
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-4 * SIGMA)
 
 
 def test_uncertainty_mean_is_close_to_plain_prediction(make_image, tiny_checkpoint):
@@ -346,15 +439,14 @@ def test_gat_model_needs_the_exposure_normalisation(tmp_path, tiny_checkpoint):
 
 
 def test_gat_model_tiled_equals_whole_and_inverts_in_data_units(tmp_path, tiny_checkpoint, make_image):
-    from astrodenoise.train import Normalisation
-
     path = _gat_checkpoint(tmp_path, tiny_checkpoint)
     image = make_image((150, 203), sky=SKY).data
     norm = Normalisation("gat", offset=SKY, scale=3.0, gain=2.0)
     model, _ = load_model(str(path), "cpu")
 
     whole = denoise_array(image, model, norm=norm)
-    tiled = predict_tiles(image, str(path), norm=norm, config=PredictConfig(tile=64)).compute()
+    plain = PredictConfig(tile=64, average=False, restore_flux=False)
+    tiled = predict_tiles(image, str(path), norm=norm, config=plain).compute()
     mean, err = denoise_with_uncertainty(image, model, norm=norm)
 
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-4)
@@ -364,8 +456,6 @@ def test_gat_model_tiled_equals_whole_and_inverts_in_data_units(tmp_path, tiny_c
 
 
 def test_predict_applies_the_checkpoint_domain_with_the_exposure_noise(tmp_path, tiny_checkpoint):
-    from astrodenoise.train import Normalisation
-
     path = _gat_checkpoint(tmp_path, tiny_checkpoint)
     rng = np.random.default_rng(3)
     data = (SKY + rng.normal(0.0, 3.0, (96, 96))).astype(np.float32)
@@ -377,7 +467,8 @@ def test_predict_applies_the_checkpoint_domain_with_the_exposure_noise(tmp_path,
             out_fits=str(tmp_path / "o.fits"), config=PredictConfig(tile=64))
 
     model, _ = load_model(str(path), "cpu")
-    expected = denoise_array(data, model, norm=Normalisation("gat", offset=SKY, scale=3.0, gain=2.0))
+    norm = Normalisation("gat", offset=SKY, scale=3.0, gain=2.0)
+    expected = denoise_planes(data, model, norm=norm, config=PredictConfig())[0]
     np.testing.assert_allclose(io.open_zarr_image(tmp_path / "o.zarr")[...], expected, rtol=1e-5, atol=1e-4)
 
 

@@ -133,6 +133,7 @@ def test_normalise_subtracts_offset_divides_scale_and_zeroes_nan():
     ({"transform": "sqrt"}, "transform"),
     ({"select": "psnr"}, "select"),
     ({"blind_spot": "z"}, "blind_spot"),
+    ({"n2n_target": "all"}, "n2n_target"),
 ])
 def test_train_config_rejects_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -143,6 +144,44 @@ def test_train_config_round_trip(tiny_unet):
     config = TrainConfig(method="n2n", steps=5, model=tiny_unet)
 
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+# --- the Noise2Noise target ------------------------------------------------------------
+
+
+def _flat_field(values, sky=100.0):
+    """One field of flat exposures, exposure i at sky + values[i] (linear, unit scale)."""
+    return [_exposure(f"e{i}", "f", np.full((64, 64), sky + v, np.float32)) for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("values", [(1.0, 2.0, 6.0), (1.0, 5.0), (0.0, 3.0, 4.0, 10.0)])
+def test_n2n_mean_target_is_the_mean_of_the_other_exposures(values):
+    from astrodenoise.train import _PatchSampler
+
+    exposures = _flat_field(values)
+    config = TrainConfig(method="n2n", patch_size=32, batch_size=12, n2n_target="mean")
+    norms = [Normalisation("linear", offset=100.0, scale=1.0) for _ in exposures]
+    sampler = _PatchSampler(exposures, config, norms, np.random.default_rng(0))
+
+    batch = sampler.batch()
+
+    inputs, targets = batch["inputs"][:, 0, 0], batch["targets"][:, 0, 0]
+    np.testing.assert_allclose(targets, (sum(values) - inputs) / (len(values) - 1), rtol=1e-6)
+    assert set(np.round(inputs, 3)) <= set(values)
+
+
+def test_n2n_one_target_is_another_exposure():
+    from astrodenoise.train import _PatchSampler
+
+    exposures = _flat_field((1.0, 2.0, 6.0))
+    config = TrainConfig(method="n2n", patch_size=32, batch_size=12, n2n_target="one")
+    norms = [Normalisation("linear", offset=100.0, scale=1.0) for _ in exposures]
+    sampler = _PatchSampler(exposures, config, norms, np.random.default_rng(0))
+
+    batch = sampler.batch()
+
+    inputs, targets = batch["inputs"][:, 0, 0], batch["targets"][:, 0, 0]
+    assert np.all(inputs != targets) and set(targets) <= {1.0, 2.0, 6.0}
 
 
 # --- input checks ----------------------------------------------------------------------

@@ -24,8 +24,8 @@ STEP_VERSIONS = {
     "ingest": 1,
     "noise": 2,
     "register": 1,
-    "train": 2,
-    "predict": 2,
+    "train": 3,
+    "predict": 3,
     "evaluate": 4,
     "report": 4,
 }

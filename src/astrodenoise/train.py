@@ -5,8 +5,9 @@
   pixels with their original noisy values. With pixel-independent, zero-mean noise the
   best prediction is the clean value.
 - **Noise2Noise** (Lehtinen et al. 2018): the input is one exposure of a field and the
-  target another exposure of the same field on the same pixel grid; the noise in the
-  target is independent of the input, so the best prediction is the clean value.
+  target the mean of the other exposures of the same field on the same pixel grid (or
+  one of them); the noise in the target is independent of the input, so the best
+  prediction is the clean value.
 
 Images are normalised globally: the exposure's sky level (from the noise step) is
 subtracted and the result divided by one survey-wide scale (the median noise sigma).
@@ -75,7 +76,9 @@ class TrainConfig:
     (:func:`_flux_loss`), which counters the dimming of faint sources (0: off).
     ``blind_spot`` (N2V): ``"point"``, ``"x"``/``"y"`` (structN2V: also hide ``struct_half``
     pixels either side along that axis) or ``"auto"``: structured along the axis whose
-    lag-1 noise autocorrelation exceeds ``correlation_limit``.
+    lag-1 noise autocorrelation exceeds ``correlation_limit``. ``n2n_target`` (N2N):
+    ``"mean"`` of all other exposures of the field (half the target noise with three
+    exposures, so steadier gradients) or ``"one"`` other exposure drawn at random.
     """
 
     method: str = "n2v"
@@ -100,13 +103,15 @@ class TrainConfig:
     blind_spot: str = "auto"
     correlation_limit: float = 0.1
     struct_half: int = 2
+    n2n_target: str = "mean"
     seed: int = 0
     threads: int = 0
     model: UNetConfig = field(default_factory=UNetConfig)
 
     def __post_init__(self):
         choices = {"method": METHODS, "loss": ("mse", "l1"), "transform": ("auto", "gat", "linear"),
-                   "select": ("photometry", "loss"), "blind_spot": ("auto", "point", "x", "y")}
+                   "select": ("photometry", "loss"), "blind_spot": ("auto", "point", "x", "y"),
+                   "n2n_target": ("mean", "one")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"train {key} {getattr(self, key)!r} unknown; use one of {allowed}")
@@ -340,13 +345,19 @@ class _PatchSampler:
         p = self.config.patch_size
         return self.images[i][y:y + p, x:x + p], self.nodata[i][y:y + p, x:x + p]
 
-    def _pair(self) -> tuple[int, int]:
-        if self.config.method == "n2n":
-            field_name = list(self.pairs)[self.rng.integers(len(self.pairs))]
+    def _pair(self) -> tuple[int, list[int]]:
+        """The input exposure and the exposures whose mean is the target: itself (n2v),
+        one other exposure of its field or all others (n2n, ``n2n_target``)."""
+        if self.config.method == "n2v":
+            a = int(self.rng.integers(len(self.images)))
+            return a, [a]
+        field_name = list(self.pairs)[self.rng.integers(len(self.pairs))]
+        if self.config.n2n_target == "one":
             a, b = self.rng.choice(self.pairs[field_name], size=2, replace=False)
-            return int(a), int(b)
-        a = int(self.rng.integers(len(self.images)))
-        return a, a
+            return int(a), [int(b)]
+        members = self.pairs[field_name]
+        a = int(members[self.rng.integers(len(members))])
+        return a, [i for i in members if i != a]
 
     def batch(self, *, val: bool = False) -> dict:
         """Return a batch: ``inputs``, ``targets`` (float32) and ``nodata`` (bool), each
@@ -357,16 +368,20 @@ class _PatchSampler:
         :func:`to_data`; the first B/2 items are the clean copies."""
         rows = []
         for _ in range(self.config.batch_size):
-            a, b = self._pair()
+            a, others = self._pair()
             y, x = self._corner(a, val)
-            (src, bad_a), (dst, bad_b) = self._cut(a, y, x), self._cut(b, y, x)
+            src, bad = self._cut(a, y, x)
+            cuts = [self._cut(i, y, x) for i in others]
+            # The mean of independent exposures is a target of the same mean, less noise.
+            dst = np.mean([cut for cut, _ in cuts], axis=0, dtype=np.float32)
+            bad = np.logical_or.reduce([bad] + [b for _, b in cuts])
             k, flip = (0, False) if val else (int(self.rng.choice(self.rotations)),
                                               bool(self.rng.integers(2)))
-            rows.append([_dihedral(arr, k, flip) for arr in (src, dst, bad_a | bad_b)])
+            rows.append([_dihedral(arr, k, flip) for arr in (src, dst, bad)])
             if self.stamps is not None and not val:
                 p = self.config.patch_size
-                raw = [_dihedral(self.data[i][y:y + p, x:x + p], k, flip) for i in (a, b)]
-                rows[-1] += self._inject(raw, (a, b))
+                raw = [_dihedral(self.data[i][y:y + p, x:x + p], k, flip) for i in [a, *others]]
+                rows[-1] += self._inject(raw, [a, *others])
         if len(rows[0]) == 3:
             src, dst, bad = zip(*rows, strict=True)
             return {"inputs": np.stack(src), "targets": np.stack(dst), "nodata": np.stack(bad)}
@@ -377,19 +392,20 @@ class _PatchSampler:
                 "known": np.array(known, np.float64), "noise": np.array(noise, np.float64),
                 "params": np.array(params + params, np.float64)}
 
-    def _inject(self, raw: list[np.ndarray], pair: tuple[int, int]) -> list:
+    def _inject(self, raw: list[np.ndarray], exposures: list[int]) -> list:
         """Add one source of known flux (a random stamp, aperture S/N log-uniform in 5-500)
-        to the input patch and, with its own Poisson noise, to the target patch."""
+        to the input patch (``raw[0]``) and, with its own Poisson noise each time, to the
+        target patches (the rest), whose mean is the target."""
         half = self.stamps.shape[1] // 2
         p = self.config.patch_size
         stamp = self.stamps[self.rng.integers(len(self.stamps))]
         disk = _disk(half, self.radius)
-        noise = self.sigmas[pair[0]] * np.sqrt(disk.sum())
+        noise = self.sigmas[exposures[0]] * np.sqrt(disk.sum())
         snr = np.exp(self.rng.uniform(np.log(5), np.log(500)))
         flux = snr * noise / (stamp * disk).sum()
         cy, cx = self.rng.integers(half, p - half, size=2)
         out = []
-        for arr, i in zip(raw, pair, strict=True):
+        for arr, i in zip(raw, exposures, strict=True):
             norm = self.norms[i]
             source = flux * stamp
             if norm.kind == "gat":
@@ -399,7 +415,9 @@ class _PatchSampler:
             out.append(norm.forward(arr)[0])
         aperture = np.zeros((p, p), np.float32)
         aperture[cy - half:cy + half + 1, cx - half:cx + half + 1] = disk
-        return out + [aperture, flux * (stamp * disk).sum(), noise, self.norms[pair[0]].params()]
+        target = np.mean(out[1:], axis=0, dtype=np.float32)
+        return [out[0], target, aperture, flux * (stamp * disk).sum(), noise,
+                self.norms[exposures[0]].params()]
 
 
 def _dihedral(arr: np.ndarray, k: int, flip: bool) -> np.ndarray:
