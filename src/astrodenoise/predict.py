@@ -72,7 +72,8 @@ class PredictConfig:
     process may run on); ``precision`` one of :data:`PRECISIONS` (autocast dtype of the
     forward pass); ``average`` makes the image the mean over the eight dihedral
     test-time transforms (flips and transposes; eight forward passes per block: on the
-    demo survey +0.3 dB PSNR for both networks, benchmarks/quality_results.md);
+    demo survey +0.3 dB PSNR for both networks, benchmarks/quality.py with
+    ``--predict-set average=false``);
     ``uncertainty`` adds their spread as a second plane (and implies the mean).
     ``restore_flux`` gives the denoised sources back the flux the network shrank away
     (:func:`restore_flux` with ``restore_threshold``, ``restore_grow``, ``restore_sigma``).
