@@ -68,7 +68,7 @@ from astrodenoise import io
 from astrodenoise.baselines import DENOISERS, NoiseModel
 from astrodenoise.evaluate import aperture_fluxes, blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
-from astrodenoise.noise import estimate_background, source_mask
+from astrodenoise.noise import estimate_background, exposure_gain, source_mask
 from astrodenoise.predict import PredictConfig, denoise_planes
 from astrodenoise.train import Exposure, TrainConfig, exposure_normalisation, train_model
 
@@ -92,7 +92,7 @@ def demo_exposures(results: Path, survey: str) -> list[Exposure]:
         data = io.read_fits_image(raw)[0].astype(np.float32)
         exposures.append(Exposure(
             name=raw.stem, field=raw.stem.rsplit("_", 1)[0], data=data,
-            sky_level=measured["sky_level"], sigma=measured["sigma"], gain=measured.get("header_gain"),
+            sky_level=measured["sky_level"], sigma=measured["sigma"], gain=exposure_gain(measured),
             correlation=(correlation.get("x", 0.0), correlation.get("y", 0.0))))
     return exposures
 
