@@ -460,7 +460,8 @@ def _baseline_denoisers(measured: dict, config: EvaluateConfig) -> dict:
 def _model_denoisers(models: dict[str, str], denoised: dict[str, str], measured: dict) -> dict:
     """{method: function of an image} denoising as the predict step did: the checkpoint,
     this exposure's normalisation, and the predict settings recorded in the method's
-    denoised store (precision, averaging; run here on threads)."""
+    denoised store (precision, averaging, flux restoration; run here on threads, on the
+    GPU when this job has one)."""
     from .predict import PredictConfig, load_normalisation
     from .train import exposure_normalisation
 
@@ -471,7 +472,10 @@ def _model_denoisers(models: dict[str, str], denoised: dict[str, str], measured:
         if name in denoised and Path(denoised[name]).exists():
             attrs = io.open_zarr_image(denoised[name]).attrs
             recorded = dict(attrs.get("provenance_predict", {}).get("predict_config", {}))
-        settings = {k: v for k, v in recorded.items() if k in known} | {"scheduler": "threads", "workers": 1}
+        # Where it ran is not what it computed: this job may be on a node without the GPU or
+        # the cluster that predict used.
+        settings = {k: v for k, v in recorded.items() if k in known} | {
+            "scheduler": "threads", "workers": 1, "device": "auto"}
         norm = exposure_normalisation(load_normalisation(str(checkpoint)), measured)
 
         out[name] = functools.partial(_denoise_with, checkpoint=str(checkpoint), norm=norm,
