@@ -261,7 +261,6 @@ def _injection_block(m5, *, n2n_faint):
     mag = np.linspace(m5 - 4, m5 + 1.5, 40)
     snr = 5 * 10 ** (-0.4 * (mag - m5))
     return {"m5": m5, "mag": mag.tolist(), "snr": snr.tolist(),
-            "psf": {"method": "EPSF of 9 stars", "fwhm": 3.1},
             "methods": {"input": {"flux_ratio": [0.0] * 40, "found": (mag < m5).tolist()},
                         "n2n": {"flux_ratio": np.where(snr < 20, n2n_faint, -0.002).tolist(),
                                 "found": (mag < m5 + 0.5).tolist()}}}
@@ -273,6 +272,7 @@ def test_injection_summary_pools_exposures_and_flags_a_dimming_model(tmp_path):
         evaluation = _evaluation(f"e{i}", n2n_faint=-0.005)
         evaluation["scores"]["n2n"]["photometry"]["bright"]["bias"] = 0.002
         evaluation["injection"] = _injection_block(m5, n2n_faint=-0.04)
+        evaluation["psf"] = {"method": "EPSF of 9 stars", "fwhm": 3.1}  # as evaluate() writes it
         evaluations.append(evaluation)
 
     rows = summarise_injection(evaluations, ["input", "gaussian", "n2n"])

@@ -87,6 +87,7 @@ __all__ = [
     "blank_sky_rms",
     "psnr",
     "aperture_fluxes",
+    "aperture_snr",
     "flux_bias",
     "gaussian_baseline",
     "score_image",
@@ -368,14 +369,18 @@ def _detected_positions(image, background, rms) -> np.ndarray:
     return np.column_stack([cat.x_centroid, cat.y_centroid])
 
 
+def aperture_snr(flux: np.ndarray, *, radius: float, sigma: float, gain: float | None) -> np.ndarray:
+    """S/N of aperture sums ``flux``: the variance is the sky noise over the aperture plus
+    the source's photon noise (``flux / gain``, data units; none without a gain)."""
+    variance = np.pi * radius**2 * sigma**2 + np.clip(flux, 0, None) / (gain or np.inf)
+    return flux / np.sqrt(variance)
+
+
 def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, config):
     radius = max(1.5, config.aperture_fwhm * fwhm)
     ref_flux = aperture_fluxes(reference - background, positions, radius=radius)
-    area = np.pi * radius**2
-    # Variance of an aperture sum in ADU^2: sky noise plus source Poisson noise (F / gain).
-    variance = area * sigma**2 + np.clip(ref_flux, 0, None) / (gain or np.inf)
     return {"positions": positions, "radius": radius, "reference": ref_flux,
-            "snr": ref_flux / np.sqrt(variance)}
+            "snr": aperture_snr(ref_flux, radius=radius, sigma=sigma, gain=gain)}
 
 
 def gallery_path(out_png: str | Path) -> Path:
@@ -520,7 +525,7 @@ def _injection_recovery(data: np.ndarray, *, name: str, background, mask, bad, m
         return block
     injected, model = inject(data[box], psf, plan, gain=gain, rng=rng)
     true_flux = aperture_fluxes(model, plan["positions"], radius=radius)
-    snr = true_flux / np.sqrt(np.pi * radius**2 * sigma**2 + true_flux / (gain or np.inf))
+    snr = aperture_snr(true_flux, radius=radius, sigma=sigma, gain=gain)
     block |= {"x": (plan["positions"][:, 0] + x0).tolist(), "y": (plan["positions"][:, 1] + y0).tolist(),
               "mag": [round(float(m), 4) for m in plan["mag"]], "snr": [round(float(v), 3) for v in snr],
               "on_source": int(plan["on_source"].sum())}
