@@ -44,7 +44,11 @@ Metrics (per exposure; the table shows the mean over exposures, or the pooled me
   sigma is the robust RMS of that smoothed image over source-free sky, measured on the
   same image; a detection is a group of at least 5 connected pixels above 5 sigma.
   Source-free sky: pixels where the truth minus its background is below 2% of the
-  blank-sky sigma, shrunk by 3 pixels. ``new_detections`` = detections - the input's.
+  blank-sky sigma, shrunk by 3 pixels. ``new_detections`` = detections - the input's
+  (most of the input's are cosmic rays, so a method that removes them can hide blobs it
+  makes); ``unmatched`` = detections that share no pixel with any of the input's: what
+  the method made (noise peaks of the input, typically 3-4 sigma there, turned into
+  blobs), whatever it removed.
 - ``seconds``: wall time of the denoiser per exposure (training time excluded).
 """
 
@@ -140,12 +144,25 @@ def source_free_sky(truth, sigma: float) -> np.ndarray:
     return ndimage.binary_erosion(free, iterations=3)
 
 
-def count_detections(image, background, free, fwhm: float) -> int:
-    """5-sigma matched-filter detections of >= 5 pixels inside ``free`` (True = counted)."""
+def detection_map(image, background, free, fwhm: float) -> np.ndarray:
+    """Label image of the 5-sigma matched-filter detections of >= 5 pixels inside ``free``
+    (True = counted); 0 = none."""
     smoothed = ndimage.gaussian_filter(np.nan_to_num(image - background), fwhm / 2.3548)
     rms = mad_std(smoothed[free])
     segments = detect_sources(np.where(free, smoothed, 0.0), 5 * rms, n_pixels=5)
-    return 0 if segments is None else int(segments.n_labels)
+    return np.zeros(image.shape, int) if segments is None else segments.data
+
+
+def count_detections(image, background, free, fwhm: float) -> int:
+    """Number of detections of :func:`detection_map`."""
+    return len(np.unique(detection_map(image, background, free, fwhm))) - 1
+
+
+def unmatched_detections(labels: np.ndarray, input_labels: np.ndarray) -> int:
+    """Detections of ``labels`` that share no pixel with any detection of the input."""
+    found = np.unique(labels[labels > 0])
+    matched = np.unique(labels[(labels > 0) & (input_labels > 0)])
+    return int(len(found) - len(matched))
 
 
 def score(image, ctx: dict) -> dict:
@@ -154,13 +171,15 @@ def score(image, ctx: dict) -> dict:
     data_range = float(truth.max() - truth.min())
     filled = np.where(np.isfinite(image), image, truth)
     flux = aperture_fluxes(image - ctx["background"], ctx["positions"], radius=ctx["radius"])
+    labels = detection_map(image, ctx["background"], ctx["free"], ctx["fwhm"])
     return {
         "psnr": psnr(image, truth),
         "psnr_clean": psnr(np.where(clean, image, np.nan), truth),
         "ssim": float(structural_similarity(filled, truth, data_range=data_range)),
         "rms_blank": blank_sky_rms(image, background=ctx["background"], mask=ctx["mask"]),
         "flux": flux,
-        "detections": count_detections(image, ctx["background"], ctx["free"], ctx["fwhm"]),
+        "detections": len(np.unique(labels)) - 1,
+        "unmatched": unmatched_detections(labels, ctx["input_detections"]),
     }
 
 
@@ -177,9 +196,10 @@ def exposure_context(raw: Path, noise_json: Path, truth_fits: Path, catalog: Pat
     radius = max(1.5, fwhm)
     reference = aperture_fluxes(truth - background, positions, radius=radius)
     variance = np.pi * radius**2 * noise.sigma**2 + np.clip(reference, 0, None) / (noise.gain or np.inf)
-    return {"data": data, "truth": truth, "noise": noise, "measured": measured,
+    free = source_free_sky(truth, noise.sigma)
+    return {"data": data, "input_detections": detection_map(data, background, free, fwhm), "truth": truth, "noise": noise, "measured": measured,
             "background": background, "mask": source_mask(data, background, rms),
-            "cr": cosmic_ray_pixels(data, truth, noise), "free": source_free_sky(truth, noise.sigma),
+            "cr": cosmic_ray_pixels(data, truth, noise), "free": free,
             "fwhm": fwhm, "positions": positions, "radius": radius, "reference": reference,
             "snr": reference / np.sqrt(variance)}
 
@@ -206,6 +226,7 @@ def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]
         out["rms_ratio"] = float(np.mean([e["input"]["rms_blank"] / e[m]["rms_blank"] for e in per_exposure]))
         out["detections"] = int(sum(r["detections"] for r in rows))
         out["new_detections"] = out["detections"] - int(sum(e["input"]["detections"] for e in per_exposure))
+        out["unmatched"] = int(sum(r["unmatched"] for r in rows))
         for name, pick in classes.items():
             out[f"bias_{name}"], out[f"se_{name}"] = _median_and_se(
                 (flux[pick] - ref[pick]) / ref[pick], rng)
@@ -219,7 +240,9 @@ def _prediction_line(config: dict) -> str:
     restore = (f"threshold {config['restore_threshold']} sigma, grown {config['restore_grow']} px, "
                f"smoothed {config['restore_sigma']} px" if config["restore_flux"] else "off")
     return (f"Network images as the predict step makes them: mean over the 8 dihedral transforms "
-            f"{'on' if config['average'] else 'off'}; flux restoration {restore}.")
+            f"{'on' if config['average'] else 'off'}; flux restoration {restore}; outlier repair "
+            + (f"{config['outlier_threshold']} sigma, contrast {config['outlier_contrast']}."
+               if config.get("repair_outliers") else "off."))
 
 
 def markdown(summary: dict, meta: dict) -> str:
@@ -227,15 +250,15 @@ def markdown(summary: dict, meta: dict) -> str:
     lines = [f"# Denoising quality on the {meta['survey']} survey ({meta['n_exposures']} single exposures)",
              "", "Metric definitions: module docstring of benchmarks/quality.py.", "",
              "| method | PSNR dB | PSNR clean dB | SSIM | RMS ratio | bright bias % | faint bias % "
-             "| bright change % | faint change % | 5σ det. (new) | s/exposure |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| bright change % | faint change % | 5σ det. (new) | unmatched | s/exposure |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, s in summary.items():
         lines.append(
             f"| {m} | {s['psnr']:.2f} | {s['psnr_clean']:.2f} | {s['ssim']:.4f} | {s['rms_ratio']:.2f} "
             f"| {100 * s['bias_bright']:+.2f} ± {100 * s['se_bright']:.2f} "
             f"| {100 * s['bias_faint']:+.2f} ± {100 * s['se_faint']:.2f} "
             f"| {100 * s['change_bright']:+.2f} | {100 * s['change_faint']:+.2f} "
-            f"| {s['detections']} ({s['new_detections']:+d}) | {s['seconds']:.2f} |")
+            f"| {s['detections']} ({s['new_detections']:+d}) | {s['unmatched']} | {s['seconds']:.2f} |")
     n = next(iter(summary.values()))
     lines += ["", f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
               "(5 < S/N < 20).", "", f"Models: {meta['models']}; kept steps {meta['model_steps']}; "

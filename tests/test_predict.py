@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -19,9 +21,11 @@ from astrodenoise.predict import (
     denoise_planes,
     denoise_with_uncertainty,
     load_model,
+    outlier_mask,
     predict,
     predict_planes,
     predict_tiles,
+    repair_outliers,
     restore_flux,
     tile_overlap,
 )
@@ -43,7 +47,8 @@ def _assert_matches_whole_image(image, checkpoint, tile):
     whole = denoise_array(image, model, offset=SKY, scale=scale)
 
     tiled = predict_tiles(image, str(checkpoint), offset=SKY,
-                          config=PredictConfig(tile=tile, device="cpu", average=False, restore_flux=False))
+                          config=PredictConfig(tile=tile, device="cpu", average=False, restore_flux=False,
+                                               repair_outliers=False))
     result = tiled.compute(scheduler="sync")
 
     assert result.dtype == np.float32 and result.shape == image.shape
@@ -170,7 +175,8 @@ def test_predict_writes_fits_with_wcs_and_history_and_zarr(tmp_path, make_image,
     noise_json = tmp_path / "exp.json"
     io.write_json(noise_json, {"sky_level": SKY, "sigma": SIGMA})
     out_zarr, out_fits = tmp_path / "den.zarr", tmp_path / "den.fits"
-    config = PredictConfig(tile=64, device="cpu", threads=1, average=False, restore_flux=False)
+    config = PredictConfig(tile=64, device="cpu", threads=1, average=False, restore_flux=False,
+                           repair_outliers=False)
 
     predict(str(store), str(noise_json), str(tiny_checkpoint), out_zarr=str(out_zarr),
             out_fits=str(out_fits), config=config)
@@ -226,7 +232,7 @@ def test_tiled_uncertainty_equals_whole_image(make_image, tiny_checkpoint):
 
     planes = predict_planes(image, str(tiny_checkpoint), offset=SKY,
                             config=PredictConfig(tile=64, device="cpu", uncertainty=True,
-                                                 restore_flux=False))
+                                                 restore_flux=False, repair_outliers=False))
     tiled_mean, tiled_err = planes.compute(scheduler="sync")
 
     np.testing.assert_allclose(tiled_mean, mean, rtol=1e-5, atol=1e-4 * SIGMA)
@@ -244,7 +250,8 @@ def test_tiled_average_is_the_whole_image_mean_of_the_dihedral_transforms(make_i
     mean, _ = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
 
     planes = predict_planes(image, str(tiny_checkpoint), offset=SKY,
-                            config=PredictConfig(tile=64, device="cpu", restore_flux=False))
+                            config=PredictConfig(tile=64, device="cpu", restore_flux=False,
+                                                 repair_outliers=False))
 
     assert planes.shape == (1, *shape)
     np.testing.assert_allclose(planes[0].compute(scheduler="sync"), mean, rtol=1e-5, atol=1e-4 * SIGMA)
@@ -306,9 +313,89 @@ def test_restore_flux_keeps_nan():
     assert np.isnan(restore_flux(data, denoised, norm=NORMS[1])[10, 12])
 
 
-def test_tiled_equals_whole_image_with_average_and_flux_restoration(make_image, tiny_checkpoint):
+class _LeakyBlur(torch.nn.Module):
+    """A stand-in denoiser: keeps a fifth of each pixel and replaces the rest by the
+    mean of its 5x5 box. It passes a fifth of a cosmic ray and loses most of a sharp
+    star's peak, the two cases the outlier mask must tell apart."""
+
+    n_pool = 0
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 5, padding=2, bias=False, padding_mode="reflect")
+        weight = torch.full((5, 5), 0.8 / 25)
+        weight[2, 2] += 0.2
+        self.conv.weight.data[0, 0] = weight
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _sky_star_and_cosmic_ray(seed=0):
+    rng = np.random.default_rng(seed)
+    data = SKY + rng.normal(0, SIGMA, (64, 64)) + _source((64, 64), 200 * SIGMA, width=1.0)
+    data[10, 50] += 100 * SIGMA  # a two-pixel cosmic ray
+    data[10, 51] += 40 * SIGMA
+    return data.astype(np.float32)
+
+
+@pytest.mark.parametrize("norm", NORMS, ids=["linear", "gat"])
+def test_outlier_mask_finds_a_cosmic_ray_but_not_a_sharp_star_core(norm):
+    data = _sky_star_and_cosmic_ray()
+    first = denoise_array(data, _LeakyBlur().eval(), norm=norm)
+    star = np.s_[27:38, 27:38]
+    assert (data - first)[star].max() > 50 * SIGMA  # the star's core is far above the blur
+
+    mask = outlier_mask(data, first, norm=norm)
+
+    assert mask[10, 50] and mask[10, 51]
+    assert not mask[star].any()
+    assert mask.sum() <= 12  # the two pixels grown by one, nothing in the noise
+
+
+def test_repair_outliers_fills_from_neighbours_and_keeps_nan():
+    yy, xx = np.mgrid[0:64, 0:64]
+    data = (SKY + 0.5 * xx + 0.2 * yy).astype(np.float32)  # a smooth sky gradient
+    data[20, 20] = np.nan
+    mask = np.zeros(data.shape, bool)
+    mask[30:33, 30:33] = True  # small: filled from the neighbours
+    mask[0:30, 40:64] = True  # too wide for the fill: the fallback
+    fallback = np.full(data.shape, -1.0, np.float32)
+    truth = data.copy()
+    data[mask] = 1e4
+
+    repaired = repair_outliers(data, mask, fallback)
+
+    np.testing.assert_allclose(repaired[30:33, 30:33], truth[30:33, 30:33], atol=0.5)
+    assert (repaired[5:20, 50:60] == -1.0).all()
+    assert np.isnan(repaired[20, 20])
+    np.testing.assert_array_equal(repaired[~mask], data[~mask])
+
+
+def test_denoise_planes_repairs_the_cosmic_ray_and_keeps_the_star():
+    data = _sky_star_and_cosmic_ray()
+    data[5, 5] = np.nan
+    model, norm = _LeakyBlur().eval(), NORMS[0]
+    plain = PredictConfig(device="cpu", average=False, restore_flux=False, repair_outliers=False)
+    config = dataclasses.replace(plain, repair_outliers=True)
+
+    before = denoise_planes(data, model, norm=norm, config=plain)
+    image, repaired = denoise_planes(data, model, norm=norm, config=config)
+
+    assert config.planes == ("image", "repaired") and before.shape == (1, 64, 64)
+    assert before[0][10, 50] - SKY > 15 * SIGMA  # the network alone passes the cosmic ray
+    assert abs(image[10, 50] - SKY) < 3 * SIGMA
+    assert repaired[10, 50] == 1 and repaired[32, 32] == 0 and np.isnan(repaired[5, 5])
+    assert np.isnan(image[5, 5])
+    star = _source((64, 64), 1.0, width=1.0) > np.exp(-4.5)
+    np.testing.assert_allclose((image - SKY)[star].sum(), (before[0] - SKY)[star].sum(), rtol=1e-6)
+
+
+def test_tiled_equals_whole_image_with_average_restoration_and_repair(make_image, tiny_checkpoint):
     image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=14, n_stars=40).data.copy()
     image[30, 40] = np.nan
+    for y, x in ((63, 64), (64, 127), (100, 128)):  # cosmic rays on tile edges (64 px tiles)
+        image[y, x] += 300 * SIGMA
     model, scale = load_model(str(tiny_checkpoint), "cpu")
     norm = Normalisation("linear", offset=SKY, scale=scale)
     # A random network's output is nearly flat, 0.5 sigma above the sky: a low threshold
@@ -319,7 +406,8 @@ def test_tiled_equals_whole_image_with_average_and_flux_restoration(make_image, 
 
     tiled = predict_planes(image, str(tiny_checkpoint), norm=norm, config=config).compute(scheduler="sync")
 
-    assert np.nanmax(np.abs(whole - plain)) > 0.1 * SIGMA  # the restoration did something
+    assert np.nanmax(np.abs(whole[0] - plain[0])) > 0.1 * SIGMA  # the restoration did something
+    assert whole[1][63, 64] == whole[1][64, 127] == whole[1][100, 128] == 1  # and the repair
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-4 * SIGMA)
 
 
@@ -356,7 +444,7 @@ def test_predict_writes_err_extension_and_zarr_array(tmp_path, make_image, make_
     image = make_image((96, 112), sky=SKY, sigma=SIGMA, seed=14).data
     header = make_header(image.shape, BUNIT="adu")
     store, noise_json = _write_input(tmp_path, image, header)
-    config = PredictConfig(tile=64, device="cpu", uncertainty=True)
+    config = PredictConfig(tile=64, device="cpu", uncertainty=True, repair_outliers=False)
 
     predict(store, noise_json, str(tiny_checkpoint), out_zarr=str(tmp_path / "d.zarr"),
             out_fits=str(tmp_path / "d.fits"), config=config)
@@ -371,6 +459,22 @@ def test_predict_writes_err_extension_and_zarr_array(tmp_path, make_image, make_
         assert WCS(hdul["ERR"].header).has_celestial
     stored = io.open_zarr_array(tmp_path / "d.zarr", "err")
     np.testing.assert_array_equal(stored[...], fits.getdata(tmp_path / "d.fits", "ERR"))
+
+
+def test_predict_writes_the_repaired_pixels(tmp_path, make_image, make_header, tiny_checkpoint):
+    image = make_image((96, 112), sky=SKY, sigma=SIGMA, seed=14).data.copy()
+    image[40, 70] += 300 * SIGMA
+    store, noise_json = _write_input(tmp_path, image, make_header(image.shape, BUNIT="adu"))
+
+    predict(store, noise_json, str(tiny_checkpoint), out_zarr=str(tmp_path / "d.zarr"),
+            out_fits=str(tmp_path / "d.fits"), config=PredictConfig(tile=64, device="cpu"))
+
+    with fits.open(tmp_path / "d.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "REPAIRED"]
+        repaired = hdul["REPAIRED"].data
+        assert repaired[40, 70] == 1 and set(np.unique(repaired)) <= {0.0, 1.0}
+        assert WCS(hdul["REPAIRED"].header).has_celestial
+    np.testing.assert_array_equal(io.open_zarr_array(tmp_path / "d.zarr", "repaired")[...], repaired)
 
 
 def test_predict_zarr_shards_are_the_tiles(tmp_path, make_image, tiny_checkpoint):
@@ -411,7 +515,7 @@ def test_distributed_workers_load_the_model_once_each(make_image, tiny_checkpoin
     from distributed import Client, LocalCluster
 
     image = make_image((256, 256), sky=SKY, sigma=SIGMA, seed=17).data
-    config = PredictConfig(tile=64, device="cpu")
+    config = PredictConfig(tile=64, device="cpu", repair_outliers=False)
     tiled = predict_tiles(image, str(tiny_checkpoint), offset=SKY, config=config)
     assert tiled.npartitions == 16
 
@@ -445,7 +549,7 @@ def test_gat_model_tiled_equals_whole_and_inverts_in_data_units(tmp_path, tiny_c
     model, _ = load_model(str(path), "cpu")
 
     whole = denoise_array(image, model, norm=norm)
-    plain = PredictConfig(tile=64, average=False, restore_flux=False)
+    plain = PredictConfig(tile=64, average=False, restore_flux=False, repair_outliers=False)
     tiled = predict_tiles(image, str(path), norm=norm, config=plain).compute()
     mean, err = denoise_with_uncertainty(image, model, norm=norm)
 

@@ -25,7 +25,7 @@ STEP_VERSIONS = {
     "noise": 2,
     "register": 1,
     "train": 3,
-    "predict": 3,
+    "predict": 4,
     "evaluate": 4,
     "report": 4,
 }
