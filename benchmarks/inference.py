@@ -261,8 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     architecture = _default_architecture()
     model = str(_make_checkpoint(workdir / "model.pt", architecture))
     # One forward pass per block, as the bare reference makes: the dihedral mean
-    # (predict.average) would multiply the network's time by eight.
-    config = {"device": "cpu", "average": False, "restore_flux": False, "repair_outliers": False} | args.config
+    # (predict.average) would multiply the network's time by eight, the outlier repair add one.
+    config = {"device": "cpu", "average": False, "restore_flux": False,
+              "repair_outliers": False} | args.config
     load_before = os.getloadavg()
     runs = []
     for size in args.sizes:

@@ -197,7 +197,8 @@ def exposure_context(raw: Path, noise_json: Path, truth_fits: Path, catalog: Pat
     reference = aperture_fluxes(truth - background, positions, radius=radius)
     variance = np.pi * radius**2 * noise.sigma**2 + np.clip(reference, 0, None) / (noise.gain or np.inf)
     free = source_free_sky(truth, noise.sigma)
-    return {"data": data, "input_detections": detection_map(data, background, free, fwhm), "truth": truth, "noise": noise, "measured": measured,
+    return {"data": data, "input_detections": detection_map(data, background, free, fwhm),
+            "truth": truth, "noise": noise, "measured": measured,
             "background": background, "mask": source_mask(data, background, rms),
             "cr": cosmic_ray_pixels(data, truth, noise), "free": free,
             "fwhm": fwhm, "positions": positions, "radius": radius, "reference": reference,

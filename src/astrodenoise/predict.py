@@ -597,8 +597,9 @@ def predict(input_zarr: str, noise_json: str, checkpoint: str, *, out_zarr: str,
     the model, its hash and the code version; the zarr attributes carry the same. With
     ``config.uncertainty`` the FITS file gets an ``ERR`` image extension and the store an
     ``err`` array; with ``config.repair_outliers`` (the default) a ``REPAIRED`` extension
-    and a ``repaired`` array mark the pixels filled as cosmic rays. Blocks are written as they are computed (one zarr shard and one FITS
-    rectangle per block), so memory stays flat for mosaics of any size. Both outputs are
+    and a ``repaired`` array mark the pixels filled as cosmic rays. Blocks are written as
+    they are computed (one zarr shard and one FITS rectangle per block), so memory stays
+    flat for mosaics of any size. Both outputs are
     built under temporary names and renamed at the end: a killed run leaves neither, and
     a rerun writes the same bytes.
     """
