@@ -239,7 +239,9 @@ def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]
 
 def _prediction_line(config: dict) -> str:
     restore = (f"threshold {config['restore_threshold']} sigma, grown {config['restore_grow']} px, "
-               f"smoothed {config['restore_sigma']} px" if config["restore_flux"] else "off")
+               f"smoothed {config['restore_sigma']} px, sharpened above "
+               f"{config.get('restore_sharpen', 0)} sigma"
+               if config["restore_flux"] else "off")
     return (f"Network images as the predict step makes them: mean over the 8 dihedral transforms "
             f"{'on' if config['average'] else 'off'}; flux restoration {restore}; outlier repair "
             + (f"{config['outlier_threshold']} sigma, contrast {config['outlier_contrast']}."

@@ -76,7 +76,8 @@ class PredictConfig:
     ``--predict-set average=false``);
     ``uncertainty`` adds their spread as a second plane (and implies the mean).
     ``restore_flux`` gives the denoised sources back the flux the network shrank away
-    (:func:`restore_flux` with ``restore_threshold``, ``restore_grow``, ``restore_sigma``).
+    (:func:`restore_flux` with ``restore_threshold``, ``restore_grow``, ``restore_sigma``,
+    ``restore_sharpen``).
     ``repair_outliers`` first finds cosmic rays and hot pixels as pixels far above a
     one-pass prediction (:func:`outlier_mask` with ``outlier_threshold`` and
     ``outlier_contrast``), fills them from their neighbours and denoises the repaired
@@ -102,6 +103,7 @@ class PredictConfig:
     restore_threshold: float = 1.0
     restore_grow: int = 2
     restore_sigma: float = 1.0
+    restore_sharpen: float = 20.0
     repair_outliers: bool = True
     outlier_threshold: float = 5.0
     outlier_contrast: float = 3.0
@@ -320,7 +322,8 @@ RESTORE_CLIP = 4.0
 
 
 def restore_flux(data: np.ndarray, denoised: np.ndarray, *, norm: Normalisation,
-                 threshold: float = 1.0, grow: int = 2, sigma: float = 1.0) -> np.ndarray:
+                 threshold: float = 1.0, grow: int = 2, sigma: float = 1.0,
+                 sharpen: float = 20.0) -> np.ndarray:
     """Give the sources of a denoised image back the flux the network shrank away.
 
     A denoiser trained for the mean squared error returns the posterior mean, which pulls
@@ -340,6 +343,15 @@ def restore_flux(data: np.ndarray, denoised: np.ndarray, *, norm: Normalisation,
     threshold : footprint = ``norm.forward(denoised) > threshold`` (noise sigmas) ...
     grow : ... grown by this many pixels
     sigma : Gaussian smoothing of the residual, pixels
+    sharpen : where the denoised image is above this many noise sigmas (grown by
+        ``grow + 2`` pixels), the residual is smoothed by ``2 G - G * G`` instead of the
+        Gaussian ``G``; 0 = never. Smoothing spreads a residual: for a PSF of FWHM 4 px it
+        moves 7% of the correction out of an aperture of radius FWHM, which is what a
+        network's error on a bright star leaves behind (a Noise2Void run that made bright
+        stars 8% too bright still read +0.8% after the restoration). ``2 G - G * G`` keeps
+        the correction's aperture flux to second order in ``sigma`` but lets more pixel
+        noise through, which on a bright source is small beside its signal (on the demo
+        +0.8% became +0.0% and PSNR moved by less than 0.05 dB).
 
     Returns
     -------
@@ -350,7 +362,11 @@ def restore_flux(data: np.ndarray, denoised: np.ndarray, *, norm: Normalisation,
         footprint = ndimage.binary_dilation(footprint, iterations=grow)
     noise = _noise_sigma(denoised, norm)
     residual = np.clip(np.nan_to_num(data - denoised), -RESTORE_CLIP * noise, RESTORE_CLIP * noise)
-    return (denoised + footprint * ndimage.gaussian_filter(residual, sigma)).astype(np.float32)
+    add = ndimage.gaussian_filter(residual, sigma)
+    if sharpen:
+        bright = ndimage.binary_dilation(norm.forward(denoised)[0] > sharpen, iterations=grow + 2)
+        add += bright * (add - ndimage.gaussian_filter(add, sigma))
+    return (denoised + footprint * add).astype(np.float32)
 
 
 #: Gaussian sigma (pixels) of the normalised convolution that fills repaired pixels.
@@ -448,7 +464,8 @@ def denoise_planes(data: np.ndarray, model: UNet, *, norm: Normalisation,
         planes = [denoise_array(data, model, norm=norm, precision=config.precision)]
     if config.restore_flux:
         planes[0] = restore_flux(data, planes[0], norm=norm, threshold=config.restore_threshold,
-                                 grow=config.restore_grow, sigma=config.restore_sigma)
+                                 grow=config.restore_grow, sigma=config.restore_sigma,
+                                 sharpen=config.restore_sharpen)
     planes = planes[:2 if config.uncertainty else 1]
     return np.stack(planes + ([repaired] if repaired is not None else []))
 
