@@ -72,9 +72,9 @@ from astrodenoise import io
 from astrodenoise.baselines import DENOISERS, NoiseModel
 from astrodenoise.evaluate import aperture_fluxes, blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
-from astrodenoise.noise import estimate_background, exposure_gain, source_mask
+from astrodenoise.noise import estimate_background, exposure_gain, pixel_sigma, source_mask
 from astrodenoise.predict import PredictConfig, denoise_planes
-from astrodenoise.train import Exposure, TrainConfig, exposure_normalisation, train_model
+from astrodenoise.train import Exposure, TrainConfig, exposure_normalisation, method_settings, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,15 +103,16 @@ def demo_exposures(results: Path, survey: str) -> list[Exposure]:
 
 def train_models(results: Path, survey: str, overrides: dict, out_dir: Path,
                  methods: list[str]) -> tuple[dict, dict]:
-    """Train ``methods`` with config.yaml's train block plus ``overrides``; return
+    """Train ``methods`` with config.yaml's train block (each method with its own block
+    merged in) plus ``overrides``, which win over both; return
     ({method: checkpoint path}, {method: {"train_seconds", "load_1min"}})."""
     settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
-    settings = {k: v for k, v in settings.items() if k != "methods"} | overrides
+    settings = {k: v for k, v in settings.items() if k != "methods"}
     exposures = demo_exposures(results, survey)
     paths, timing = {}, {}
     out_dir.mkdir(parents=True, exist_ok=True)
     for method in methods:
-        config = TrainConfig.from_dict(settings | {"method": method})
+        config = TrainConfig.from_dict(method_settings(settings, method) | overrides)
         start = time.perf_counter()
         checkpoint = train_model(exposures, config)
         timing[method] = {"train_seconds": round(time.perf_counter() - start, 1),
@@ -133,8 +134,8 @@ def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict, *,
 
 def cosmic_ray_pixels(data, truth, noise: NoiseModel) -> np.ndarray:
     """Bool (ny, nx), True where a cosmic ray hit (input far above the truth), grown 2 px."""
-    variance = noise.sigma**2 + np.clip(truth - noise.sky, 0, None) / (noise.gain or np.inf)
-    return ndimage.binary_dilation((data - truth) / np.sqrt(variance) > 8, iterations=2)
+    sigma = pixel_sigma(truth, sky=noise.sky, sigma=noise.sigma, gain=noise.gain)
+    return ndimage.binary_dilation((data - truth) / sigma > 8, iterations=2)
 
 
 def source_free_sky(truth, sigma: float) -> np.ndarray:

@@ -7,7 +7,14 @@ import pytest
 from astropy.io import fits
 
 from astrodenoise import io
-from astrodenoise.noise import NoiseConfig, estimate_background, estimate_noise, noise, source_mask
+from astrodenoise.noise import (
+    NoiseConfig,
+    estimate_background,
+    estimate_noise,
+    noise,
+    pixel_sigma,
+    source_mask,
+)
 
 
 @pytest.mark.parametrize("sigma", [0.5, 3.0, 20.0])
@@ -186,3 +193,16 @@ def test_real_frames_give_finite_positive_sigma(real_data_dir, name, gain, read_
     assert result["header_gain"] == pytest.approx(gain)
     assert result["header_read_noise"] == pytest.approx(read_noise)
     assert result["sigma_from_header"] is not None
+
+
+def test_pixel_sigma_matches_simulated_poisson_gaussian_noise():
+    rng = np.random.default_rng(3)
+    sky, sigma, gain = 200.0, 4.0, 2.5
+    mean = np.array([150.0, 200.0, 600.0, 5000.0, np.nan])
+    predicted = pixel_sigma(mean, sky=sky, sigma=sigma, gain=gain)
+    for level, expected in zip(mean[:4], predicted[:4], strict=True):
+        # Read noise plus photon noise of the electrons above the sky, in ADU.
+        draws = rng.normal(0, sigma, 20000) + rng.poisson(max(level - sky, 0) * gain, 20000) / gain
+        assert abs(draws.std() / expected - 1) < 0.03
+    assert predicted[4] == predicted[1] == sigma  # no data, and the sky itself: read noise only
+    np.testing.assert_array_equal(pixel_sigma(mean, sky=sky, sigma=sigma, gain=None), sigma)

@@ -494,3 +494,16 @@ def test_plot_curve_writes_png(tmp_path):
     plot_curve(tmp_path / "curve.png", history, best_step=20)
 
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_method_block_overrides_the_shared_train_settings():
+    block = {"steps": 1600, "learning_rate": 1e-3, "n2n": {"steps": 2400}, "n2v": {"mask_fraction": 0.1}}
+
+    n2n = TrainConfig.from_dict(block | {"method": "n2n"})
+    n2v = TrainConfig.from_dict(block | {"method": "n2v"})
+
+    assert (n2n.steps, n2n.mask_fraction, n2n.learning_rate) == (2400, TrainConfig.mask_fraction, 1e-3)
+    assert (n2v.steps, n2v.mask_fraction, n2v.learning_rate) == (1600, 0.1, 1e-3)
+    assert "n2n" not in n2n.to_dict() and TrainConfig.from_dict(n2n.to_dict()) == n2n
+    with pytest.raises(ValueError, match="train.n2n must be a block"):
+        TrainConfig.from_dict({"method": "n2n", "n2n": 2400})

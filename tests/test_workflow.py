@@ -245,8 +245,10 @@ def _planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
         ({"noise": {"dilate": 3}},
          {"noise": 2, "noise_survey": 1, "train": 2, "predict": 2, "evaluate": 1, "report": 1, "all": 1}),
         ({"predict": {"tile": 32}}, {"predict": 2, "evaluate": 1, "report": 1, "all": 1}),
+        # A method's own train block retrains that method only.
+        ({"train": {"n2v": {"steps": 7}}}, {"train": 1, "predict": 2, "evaluate": 1, "report": 1, "all": 1}),
     ],
-    ids=["evaluate-settings", "noise-settings", "predict-settings"],
+    ids=["evaluate-settings", "noise-settings", "predict-settings", "one-method-train-settings"],
 )
 def test_config_edit_reruns_only_what_it_affects(demo_run, change, expected):
     workdir, _ = demo_run

@@ -77,7 +77,7 @@ from skimage.metrics import structural_similarity
 
 from . import io
 from .inject import exposure_seed, inject, measure_psf, plan_injection, recover
-from .noise import estimate_background, exposure_gain, source_mask
+from .noise import estimate_background, exposure_gain, pixel_sigma, source_mask
 from .provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -211,9 +211,8 @@ def outlier_pixels(data: np.ndarray, reference: np.ndarray, *, sky: float, sigma
     """Bool (ny, nx), True where the input lies more than 8 noise sigma above the reference
     (cosmic rays, hot pixels), grown by 2 pixels. The noise is ``sqrt(sigma^2 +
     (reference - sky) / gain)``, in data units."""
-    variance = sigma**2 + np.clip(reference - sky, 0, None) / (gain or np.inf)
     with np.errstate(invalid="ignore"):
-        hit = np.nan_to_num((data - reference) / np.sqrt(variance)) > 8
+        hit = np.nan_to_num((data - reference) / pixel_sigma(reference, sky=sky, sigma=sigma, gain=gain)) > 8
     return ndimage.binary_dilation(hit, iterations=2)
 
 

@@ -24,7 +24,8 @@ from .provenance import code_version
 
 __all__ = ["NoiseConfig", "estimate_background", "source_mask", "estimate_noise", "noise",
            "overscan_level", "mean_variance_curve", "pair_mean_variance_curve",
-           "fit_poisson_gaussian", "survey_noise", "mean_variance_figure", "noise_survey"]
+           "fit_poisson_gaussian", "survey_noise", "mean_variance_figure", "noise_survey",
+           "pixel_sigma", "exposure_gain"]
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,15 @@ def effective_gain(header: fits.Header | None, *, sky_level: float, bias: float,
     if fit.get("reliable") and fit.get("gain"):
         return float(fit["gain"]), f"Poisson-Gaussian fit ({source})"
     return None, f"none ({source})"
+
+
+def pixel_sigma(mean: np.ndarray, *, sky: float, sigma: float, gain: float | None) -> np.ndarray:
+    """Per-pixel noise sigma (data units) of an exposure whose expected value is ``mean``:
+    ``sqrt(sigma^2 + (mean - sky) / gain)``, the blank-sky noise plus the photon noise of
+    the signal above the sky (none below it, nor without a gain). NaN in ``mean`` counts
+    as sky."""
+    signal = np.clip(np.nan_to_num(np.asarray(mean, dtype=np.float64) - sky), 0, None)
+    return np.sqrt(sigma**2 + signal / gain) if gain else np.full(signal.shape, float(sigma))
 
 
 def exposure_gain(measured: dict) -> float | None:

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from . import io
 from .io import load_checkpoint
 from .model import UNet, UNetConfig
+from .noise import pixel_sigma
 from .provenance import code_version
 from .train import Normalisation, exposure_normalisation
 
@@ -428,9 +429,8 @@ def repair_outliers(data: np.ndarray, mask: np.ndarray, fallback: np.ndarray) ->
 
 def _noise_sigma(image: np.ndarray, norm: Normalisation) -> np.ndarray:
     """Per-pixel noise sigma (data units) of an exposure whose mean is ``image``."""
-    if norm.kind == "linear":
-        return np.full(image.shape, norm.scale)
-    return np.sqrt(norm.scale**2 + np.clip(np.nan_to_num(image) - norm.offset, 0, None) / norm.gain)
+    return pixel_sigma(image, sky=norm.offset, sigma=norm.scale,
+                       gain=norm.gain if norm.kind == "gat" else None)
 
 
 def denoise_planes(data: np.ndarray, model: UNet, *, norm: Normalisation,

@@ -40,6 +40,7 @@ __all__ = [
     "Exposure",
     "Normalisation",
     "exposure_normalisation",
+    "method_settings",
     "normalise",
     "n2v_mask",
     "train_model",
@@ -121,12 +122,27 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        values = dict(values)
+        """From the train block of the config: ``method`` picks the method, and its own
+        block (``n2n:`` / ``n2v:``), if any, overrides the shared keys
+        (:func:`method_settings`)."""
+        values = method_settings(values, values.get("method", cls.method))
         values["model"] = UNetConfig.from_dict(values.get("model", {}))
         return cls(**values)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def method_settings(values: dict, method: str) -> dict:
+    """The train block as ``method`` sees it: the shared keys, overridden by the keys of
+    the method's own block (``{"steps": 1600, "n2n": {"steps": 2400}}`` gives n2n 2400
+    steps and n2v 1600); the per-method blocks themselves are dropped."""
+    if method not in METHODS:
+        raise ValueError(f"train method {method!r} unknown; use one of {METHODS}")
+    own = values.get(method) or {}
+    if not isinstance(own, dict):
+        raise ValueError(f"train.{method} must be a block of train settings, not {own!r}")
+    return {k: v for k, v in values.items() if k not in METHODS} | dict(own) | {"method": method}
 
 
 @dataclass

@@ -22,7 +22,10 @@ rule train:
             category="Training",
         ),
     params:
-        cfg=step_config("train", drop=("methods",)),
+        # The shared keys and this method's own block only: editing train.n2n reruns n2n.
+        cfg=lambda wildcards: step_config(
+            "train", drop=("methods", *(m for m in ("n2n", "n2v") if m != wildcards.method))
+        ),
         version=STEP_VERSIONS["train"],
     conda:
         "../../envs/train.yaml"
