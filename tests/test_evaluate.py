@@ -237,6 +237,11 @@ def test_injection_recovery_with_the_exposures_own_psf_and_a_model(tmp_path, tin
 
     result = run()
     block = result["injection"]
+    # The pixels predict repaired (cosmic rays; a random network's output misses every
+    # source too) are counted for the model only.
+    repaired = int(np.nansum(io.open_zarr_array(denoised, "repaired")[...]))
+    assert result["scores"]["tiny"]["repaired_pixels"] == repaired > 0
+    assert "repaired_pixels" not in result["scores"]["input"]
 
     assert set(block["methods"]) == {"input", "gaussian", "tiny"}
     assert block["n"] >= 30 and len(block["mag"]) == block["n"]

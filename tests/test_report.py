@@ -105,7 +105,9 @@ def rendered(tmp_path):
     evaluations, figures, noise_files = [], [], []
     for i, obj in enumerate([SCRIPT, "field01"]):
         path = tmp_path / f"e{i}.json"
-        io.write_json(path, _evaluation(f"exp{i}", obj=obj))
+        evaluation = _evaluation(f"exp{i}", obj=obj)
+        evaluation["scores"]["n2n"]["repaired_pixels"] = 4321 + i
+        io.write_json(path, evaluation)
         evaluations.append(str(path))
         figure = tmp_path / f"e{i}.png"
         figure.write_bytes(PNG)
@@ -166,6 +168,7 @@ def test_report_shows_numbers_flags_and_provenance(rendered):
     assert model_hash in html
     assert "exp0" in html and "exp1" in html
     assert "10.300" in html  # measured sigma from the noise files
+    assert "<td>4321</td>" in html and "<td>4322</td>" in html  # pixels predict repaired
 
 
 def test_report_needs_an_evaluation(tmp_path):

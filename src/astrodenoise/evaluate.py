@@ -49,6 +49,8 @@ Gaussian-smoothing baseline) is scored the same way:
   flux is measured on (with sources - without) against its true aperture flux, and
   "found" when a detection lies within the match radius where the image without them had
   none. Per source: magnitude, true S/N, flux ratio - 1, found; the report pools them.
+- ``repaired_pixels`` (networks): the pixels the predict step took for cosmic rays or hot
+  pixels and filled from their neighbours before denoising (its ``repaired`` array).
 
 The classical baselines (Gaussian smoothing; scikit-image non-local means and BM3D on
 the variance-stabilised image, see :mod:`astrodenoise.baselines`) are scored in the same
@@ -668,6 +670,11 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
         for name, img in images.items():
             scores[name]["psnr_clean"] = psnr(np.where(hits, np.nan, img), truth)
         scores["input"]["outlier_fraction"] = float(hits.mean())
+    for name, path in denoised.items():
+        # Pixels the predict step took for cosmic rays or hot pixels and filled.
+        repaired = io.open_zarr_array(path, "repaired")
+        if repaired is not None:
+            scores[name]["repaired_pixels"] = int(np.nansum(repaired[...]))
     for s in scores.values():
         s["rms_ratio"] = scores["input"]["rms_blank"] / s["rms_blank"]
         if truth is not None:

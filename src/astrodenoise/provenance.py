@@ -26,8 +26,8 @@ STEP_VERSIONS = {
     "register": 1,
     "train": 3,
     "predict": 4,
-    "evaluate": 4,
-    "report": 4,
+    "evaluate": 5,
+    "report": 5,
 }
 
 
