@@ -70,7 +70,7 @@ from skimage.metrics import structural_similarity
 
 from astrodenoise import io
 from astrodenoise.baselines import DENOISERS, NoiseModel
-from astrodenoise.evaluate import aperture_fluxes, blank_sky_rms, psnr
+from astrodenoise.evaluate import aperture_fluxes, aperture_snr, blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
 from astrodenoise.noise import estimate_background, exposure_gain, pixel_sigma, source_mask
 from astrodenoise.predict import PredictConfig, denoise_planes
@@ -154,11 +154,6 @@ def detection_map(image, background, free, fwhm: float) -> np.ndarray:
     return np.zeros(image.shape, int) if segments is None else segments.data
 
 
-def count_detections(image, background, free, fwhm: float) -> int:
-    """Number of detections of :func:`detection_map`."""
-    return len(np.unique(detection_map(image, background, free, fwhm))) - 1
-
-
 def unmatched_detections(labels: np.ndarray, input_labels: np.ndarray) -> int:
     """Detections of ``labels`` that share no pixel with any detection of the input."""
     found = np.unique(labels[labels > 0])
@@ -196,14 +191,13 @@ def exposure_context(raw: Path, noise_json: Path, truth_fits: Path, catalog: Pat
     positions = np.column_stack([table["x"], table["y"]])
     radius = max(1.5, fwhm)
     reference = aperture_fluxes(truth - background, positions, radius=radius)
-    variance = np.pi * radius**2 * noise.sigma**2 + np.clip(reference, 0, None) / (noise.gain or np.inf)
     free = source_free_sky(truth, noise.sigma)
     return {"data": data, "input_detections": detection_map(data, background, free, fwhm),
             "truth": truth, "noise": noise, "measured": measured,
             "background": background, "mask": source_mask(data, background, rms),
             "cr": cosmic_ray_pixels(data, truth, noise), "free": free,
             "fwhm": fwhm, "positions": positions, "radius": radius, "reference": reference,
-            "snr": reference / np.sqrt(variance)}
+            "snr": aperture_snr(reference, radius=radius, sigma=noise.sigma, gain=noise.gain)}
 
 
 def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float | None, float | None]:

@@ -358,14 +358,15 @@ def restore_flux(data: np.ndarray, denoised: np.ndarray, *, norm: Normalisation,
     -------
     (ny, nx) float32, data units; NaN where ``denoised`` is NaN.
     """
-    footprint = norm.forward(denoised)[0] > threshold
+    level = norm.forward(denoised)[0]  # noise sigmas above the sky
+    footprint = level > threshold
     if grow:
         footprint = ndimage.binary_dilation(footprint, iterations=grow)
     noise = _noise_sigma(denoised, norm)
     residual = np.clip(np.nan_to_num(data - denoised), -RESTORE_CLIP * noise, RESTORE_CLIP * noise)
     add = ndimage.gaussian_filter(residual, sigma)
     if sharpen:
-        bright = ndimage.binary_dilation(norm.forward(denoised)[0] > sharpen, iterations=grow + 2)
+        bright = ndimage.binary_dilation(level > sharpen, iterations=grow + 2)
         add += bright * (add - ndimage.gaussian_filter(add, sigma))
     return (denoised + footprint * add).astype(np.float32)
 

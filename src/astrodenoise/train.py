@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from . import io
 from .model import UNet, UNetConfig
+from .noise import exposure_gain
 from .provenance import code_version
 
 __all__ = [
@@ -270,7 +271,7 @@ def exposure_normalisation(stats: dict, noise: dict) -> Normalisation:
     kind = stats.get("kind", "linear")
     if kind == "linear":
         return Normalisation("linear", offset=float(noise["sky_level"]), scale=float(stats["scale"]))
-    gain = _gain(noise) or stats["gain"]
+    gain = exposure_gain(noise) or stats["gain"]
     return Normalisation("gat", offset=float(noise["sky_level"]), scale=float(noise["sigma"]),
                          gain=float(gain))
 
@@ -862,13 +863,6 @@ def plot_curve(path: str | Path, history: list[dict], *, best_step: int | None =
         fig.savefig(tmp, dpi=80, format="png")
 
 
-def _gain(measured: dict) -> float | None:
-    """The exposure's gain from its noise JSON (:func:`astrodenoise.noise.exposure_gain`)."""
-    from .noise import exposure_gain
-
-    return exposure_gain(measured)
-
-
 def _resume_point(path: Path, config: TrainConfig) -> dict | None:
     if not path.exists():
         return None
@@ -898,7 +892,7 @@ def train(images: list[str], noise_files: list[str], fields: list[str], *, out_c
         correlation = measured.get("autocorrelation") or {}
         exposures.append(Exposure(name=loaded["name"], field=loaded["field"], data=loaded["data"],
                                   sky_level=measured["sky_level"], sigma=measured["sigma"],
-                                  bad=loaded["bad"], gain=_gain(measured),
+                                  bad=loaded["bad"], gain=exposure_gain(measured),
                                   correlation=(correlation.get("x", 0.0), correlation.get("y", 0.0))))
     partial = Path(f"{out_checkpoint}.partial")
     checkpoint = train_model(exposures, config, resume=_resume_point(partial, config),
