@@ -507,3 +507,5 @@ def test_a_method_block_overrides_the_shared_train_settings():
     assert "n2n" not in n2n.to_dict() and TrainConfig.from_dict(n2n.to_dict()) == n2n
     with pytest.raises(ValueError, match="train.n2n must be a block"):
         TrainConfig.from_dict({"method": "n2n", "n2n": 2400})
+    with pytest.raises(ValueError, match=r"train settings \['stepz'\] unknown \(for n2n\)"):
+        TrainConfig.from_dict({"method": "n2n", "n2n": {"stepz": 2400}})

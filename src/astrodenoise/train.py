@@ -127,6 +127,10 @@ class TrainConfig:
         block (``n2n:`` / ``n2v:``), if any, overrides the shared keys
         (:func:`method_settings`)."""
         values = method_settings(values, values.get("method", cls.method))
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"train settings {unknown} unknown (for {values['method']}); "
+                             "see the train block of config/config.yaml for the valid ones")
         values["model"] = UNetConfig.from_dict(values.get("model", {}))
         return cls(**values)
 
