@@ -88,33 +88,46 @@ def _child(mode: str, **kwargs) -> dict:
     return json.loads(out) | {"peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def _run_predict(store: str, model: str, out: str, config: dict) -> dict:
-    from astrodenoise.predict import PredictConfig, predict
+def _configs(config: dict):
+    """(PredictConfig, Execution) of one flat dict of predict and execution.predict keys."""
+    import dataclasses
 
+    from astrodenoise.tiling import Execution, PredictConfig
+
+    how = {f.name for f in dataclasses.fields(Execution)}
+    return (PredictConfig.from_dict({k: v for k, v in config.items() if k not in how}),
+            Execution.from_dict({k: v for k, v in config.items() if k in how}))
+
+
+def _run_predict(store: str, model: str, out: str, config: dict) -> dict:
+    from astrodenoise.predict import predict
+
+    science, execution = _configs(config)
     start = time.perf_counter()
     predict(store, str(Path(store).parent / "noise.json"), model, out_zarr=f"{out}.zarr",
-            out_fits=f"{out}.fits", config=PredictConfig.from_dict(config))
+            out_fits=f"{out}.fits", config=science, execution=execution)
     return {"seconds": time.perf_counter() - start}
 
 
 def _run_bare(store: str, model: str, config: dict, tiles: int) -> dict:
     """Forward passes over ``tiles`` 1024^2 tiles of the mosaic (read beforehand, untimed)."""
     from astrodenoise import io
-    from astrodenoise.predict import PredictConfig, _forward, _reuse_freed_memory, compute_threads, load_model
+    from astrodenoise.denoise import forward, load_model, load_normalisation, reuse_freed_memory
+    from astrodenoise.tiling import compute_threads
 
-    _reuse_freed_memory()  # as predict does: the reference gets the same allocator
-    config = PredictConfig.from_dict(config)
-    torch.set_num_threads(compute_threads(config))
-    net, scale = load_model(model, config.device)
+    reuse_freed_memory()  # as predict does: the reference gets the same allocator
+    config, execution = _configs(config)
+    torch.set_num_threads(compute_threads(execution))
+    net, scale = load_model(model, execution.device), float(load_normalisation(model)["scale"])
     image = io.open_zarr_image(store)
     ny, nx = image.shape
     corners = [(y, x) for y in range(0, ny, BARE_TILE) for x in range(0, nx, BARE_TILE)][:tiles]
     sky = json.loads((Path(store).parent / "noise.json").read_text())["sky_level"]
     blocks = [(image[y:y + BARE_TILE, x:x + BARE_TILE] - sky) / scale for y, x in corners]
-    _forward(net, blocks[0][None], config.precision)  # warm-up (oneDNN picks its kernels)
+    forward(net, blocks[0][None], config.precision)  # warm-up (oneDNN picks its kernels)
     start = time.perf_counter()
     for block in blocks:
-        _forward(net, block[None], config.precision)
+        forward(net, block[None], config.precision)
     return {"seconds": time.perf_counter() - start, "pixels": sum(b.size for b in blocks)}
 
 
@@ -196,15 +209,17 @@ def _markdown(report: dict) -> str:
 def _calibration_of(exposure: Path, method: str) -> dict:
     """Coverage of the uncertainty of one exposure denoised by one trained model."""
     from astrodenoise import io
-    from astrodenoise.predict import denoise_with_uncertainty, load_model
+    from astrodenoise.denoise import denoise_with_uncertainty, load_model, load_normalisation
+    from astrodenoise.transform import Normalisation
 
     results = ROOT / "results"
     survey = exposure.parent.name
-    model, scale = load_model(str(results / "train" / survey / method / "model.pt"), "cpu")
+    checkpoint = str(results / "train" / survey / method / "model.pt")
+    model, scale = load_model(checkpoint, "cpu"), float(load_normalisation(checkpoint)["scale"])
     image = io.open_zarr_image(exposure)[...]
     sky = io.read_json(results / "noise" / survey / f"{exposure.stem}.json")["sky_level"]
     truth, _ = io.read_fits_image(results / "simulate" / survey / "truth" / f"{exposure.stem[:7]}.fits")
-    mean, err = denoise_with_uncertainty(image, model, offset=sky, scale=scale)
+    mean, err = denoise_with_uncertainty(image, model, norm=Normalisation("linear", offset=sky, scale=scale))
     z = np.abs(mean - truth) / err
     sky_pixels = truth < np.median(truth) + 0.5 * scale  # truth within half a noise sigma of the sky
     return {"exposure": exposure.stem, "method": method, "pixels": int(z.size),

@@ -22,14 +22,14 @@ restoration; ``--predict-set key=value`` overrides a key, e.g. ``restore_flux=fa
 Metrics (per exposure; the table shows the mean over exposures, or the pooled median):
 
 - ``psnr``: 10 log10(range^2 / MSE) against the noise-free truth, range = max - min of
-  the truth, all pixels (evaluate.psnr). Cosmic rays (in the input, not in the truth)
+  the truth, all pixels (metrics.psnr). Cosmic rays (in the input, not in the truth)
   dominate the input's MSE, so a method that removes them wins here by that alone.
 - ``psnr_clean``: the same over pixels not hit by a cosmic ray. Hit pixels are those
   where ``input - truth`` exceeds 8 times the local noise (sqrt(sigma^2 + signal/gain)),
   grown by 2 pixels; the same pixels are left out for every method.
 - ``ssim``: structural similarity against the truth (scikit-image, same range).
 - ``rms_ratio``: robust RMS (MAD) of ``input - background`` over blank sky divided by
-  that of ``image - background`` (evaluate.blank_sky_rms; background and blank-sky mask
+  that of ``image - background`` (metrics.blank_sky_rms; background and blank-sky mask
   from the input, as the evaluate step does).
 - ``bias_bright`` / ``bias_faint``: median of ``(F - F_true) / F_true`` over the
   catalogue sources with true-flux S/N > 50 / between 5 and 20, pooled over all
@@ -69,12 +69,16 @@ from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from astrodenoise import io
-from astrodenoise.baselines import DENOISERS, NoiseModel
-from astrodenoise.evaluate import aperture_fluxes, aperture_snr, blank_sky_rms, psnr
+from astrodenoise.baselines import DENOISERS
+from astrodenoise.metrics import blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
-from astrodenoise.noise import estimate_background, exposure_gain, pixel_sigma, source_mask
-from astrodenoise.predict import PredictConfig, denoise_planes
-from astrodenoise.train import Exposure, TrainConfig, exposure_normalisation, method_settings, train_model
+from astrodenoise.noise_model import NoiseModel, pixel_sigma, read_noise_model
+from astrodenoise.photometry import aperture_fluxes, aperture_radius, aperture_snr
+from astrodenoise.sampling import Exposure
+from astrodenoise.sky import estimate_background, source_mask
+from astrodenoise.tiling import PredictConfig, denoise_planes
+from astrodenoise.train import TrainConfig, method_settings, train_model
+from astrodenoise.transform import exposure_normalisation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,13 +95,9 @@ def demo_exposures(results: Path, survey: str) -> list[Exposure]:
     """The demo survey's raw exposures (one pixel grid per field) with their noise model."""
     exposures = []
     for raw in sorted((results / "simulate" / survey / "raw").glob("*.fits")):
-        measured = io.read_json(noise_json(results, survey, raw.stem))
-        correlation = measured.get("autocorrelation") or {}
         data = io.read_fits_image(raw)[0].astype(np.float32)
-        exposures.append(Exposure(
-            name=raw.stem, field=raw.stem.rsplit("_", 1)[0], data=data,
-            sky_level=measured["sky_level"], sigma=measured["sigma"], gain=exposure_gain(measured),
-            correlation=(correlation.get("x", 0.0), correlation.get("y", 0.0))))
+        exposures.append(Exposure(name=raw.stem, field=raw.stem.rsplit("_", 1)[0], data=data,
+                                  noise=read_noise_model(noise_json(results, survey, raw.stem))))
     return exposures
 
 
@@ -122,7 +122,7 @@ def train_models(results: Path, survey: str, overrides: dict, out_dir: Path,
     return paths, timing
 
 
-def denoise_with_checkpoint(data: np.ndarray, noise: dict, checkpoint: dict, *,
+def denoise_with_checkpoint(data: np.ndarray, noise: NoiseModel, checkpoint: dict, *,
                             config: PredictConfig) -> np.ndarray:
     """Whole-image prediction of a trained checkpoint as the predict step makes it (ADU in,
     ADU out, NaN kept; dihedral mean and flux restoration as ``config`` says)."""
@@ -183,17 +183,16 @@ def exposure_context(raw: Path, noise_json: Path, truth_fits: Path, catalog: Pat
     """Everything shared by the methods on one exposure: data, truth, masks, apertures."""
     data = io.read_fits_image(raw)[0].astype(np.float32)
     truth = io.read_fits_image(truth_fits)[0].astype(np.float64)
-    measured = io.read_json(noise_json)
-    noise = NoiseModel.from_noise_json(measured)
+    noise = read_noise_model(noise_json)
     background, rms = estimate_background(data)
     table = Table.read(catalog, format="ascii.ecsv")
     fwhm = float(table.meta["fwhm_pix"])
     positions = np.column_stack([table["x"], table["y"]])
-    radius = max(1.5, fwhm)
+    radius = aperture_radius(fwhm)
     reference = aperture_fluxes(truth - background, positions, radius=radius)
     free = source_free_sky(truth, noise.sigma)
     return {"data": data, "input_detections": detection_map(data, background, free, fwhm),
-            "truth": truth, "noise": noise, "measured": measured,
+            "truth": truth, "noise": noise,
             "background": background, "mask": source_mask(data, background, rms),
             "cr": cosmic_ray_pixels(data, truth, noise), "free": free,
             "fwhm": fwhm, "positions": positions, "radius": radius, "reference": reference,
@@ -280,7 +279,7 @@ def run(results: Path, survey: str, models: dict[str, Path], baselines: list[str
         ctx = exposure_context(raw, noise_json(results, survey, raw.stem),
                                sim / "truth" / f"{field}.fits", sim / "catalog" / f"{field}.ecsv")
         denoisers = {"input": lambda d, c: d}
-        denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["measured"], ck, config=config))
+        denoisers |= {m: (lambda d, c, ck=ck: denoise_with_checkpoint(d, c["noise"], ck, config=config))
                       for m, ck in checkpoints.items()}
         denoisers |= {b: (lambda d, c, b=b: DENOISERS[b](d, c["noise"])) for b in baselines}
         row = {}
@@ -328,7 +327,7 @@ def main(argv=None) -> None:
     models = {m: Path(p) for m, p in models.items() if Path(p).exists()}
     predict = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["predict"]
     predict |= {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.predict_set)}
-    config = PredictConfig.from_dict(predict | {"device": "cpu", "precision": "float32"})
+    config = PredictConfig.from_dict(predict | {"precision": "float32"})
     summary, meta = run(args.results, args.survey, models, args.baselines, config=config)
     meta["predict_config"] = config.__dict__
     for method, row in timing.items():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astrodenoise.baselines import DENOISERS, NoiseModel, denoise
+from astrodenoise.baselines import DENOISERS, denoise
+from astrodenoise.noise_model import NoiseModel
 
 
 def _noise_model(image) -> NoiseModel:
@@ -46,19 +47,6 @@ def test_baseline_keeps_nan_as_no_data(poisson_field, name):
     assert np.isfinite(np.delete(out.ravel(), np.flatnonzero(np.isnan(data)))).all()
     # Filled with the sky, not zero: the pixels next to the hole stay near the sky.
     assert abs(np.median(out[20:23, 30:40]) - poisson_field.sky) < 3 * poisson_field.sigma
-
-
-@pytest.mark.parametrize("gain, kind", [(2.0, "gat"), (None, "linear")])
-def test_noise_model_picks_the_variance_stabilising_map(gain, kind):
-    noise = NoiseModel(sky=100.0, sigma=5.0, gain=gain)
-
-    assert noise.normalisation().kind == kind
-
-
-def test_noise_model_from_noise_json():
-    measured = {"sky_level": 84.0, "sigma": 6.9, "header_gain": 2.0, "header_read_noise": 5.0}
-
-    assert NoiseModel.from_noise_json(measured) == NoiseModel(84.0, 6.9, 2.0, 5.0)
 
 
 def test_unknown_baseline_raises(star_field):

@@ -7,6 +7,7 @@ import pytest
 from astropy.io import fits
 
 from astrodenoise import io
+from astrodenoise.denoise import denoise_array, load_model, load_normalisation
 from astrodenoise.ingest import (
     BAD,
     NO_WEIGHT,
@@ -18,8 +19,10 @@ from astrodenoise.ingest import (
     inverse_variance,
 )
 from astrodenoise.noise import estimate_noise
-from astrodenoise.predict import denoise_array, load_model
-from astrodenoise.train import Exposure, Normalisation, TrainConfig, _PatchSampler
+from astrodenoise.noise_model import NoiseModel
+from astrodenoise.sampling import Exposure
+from astrodenoise.train import TrainConfig, make_sampler
+from astrodenoise.transform import Normalisation
 from conftest import REAL_DATA, make_star_field, random_checkpoint
 
 SHAPE = (80, 96)
@@ -128,9 +131,9 @@ def test_bad_pixels_are_excluded_from_the_training_loss():
     data = _image()
     bad = np.zeros(SHAPE, bool)
     bad[:, :48] = True
-    exposure = Exposure("e", "f", data, 100.0, 3.0, bad=bad)
-    sampler = _PatchSampler([exposure], TrainConfig(patch_size=32, batch_size=4),
-                            [Normalisation("linear", offset=100.0, scale=3.0)], np.random.default_rng(0))
+    exposure = Exposure("e", "f", data, NoiseModel(sky=100.0, sigma=3.0), bad=bad)
+    sampler = make_sampler([exposure], [Normalisation("linear", offset=100.0, scale=3.0)],
+                           TrainConfig(patch_size=32, batch_size=4), np.random.default_rng(0))
 
     assert sampler.nodata[0][:, :48].all() and not sampler.nodata[0][:, 48:].any()
     assert np.isfinite(sampler.images[0]).all()  # flagged pixels stay in the input
@@ -165,9 +168,10 @@ class TestRealLayouts:
         checkpoint = random_checkpoint(tmp_path / "m.pt", scale=1.0)
         ingest(path, tmp_path / "s.zarr")
         data = io.open_zarr_image(tmp_path / "s.zarr")[...]
-        model, scale = load_model(str(checkpoint), "cpu")
+        model, scale = load_model(str(checkpoint), "cpu"), load_normalisation(str(checkpoint))["scale"]
+        norm = Normalisation("linear", offset=float(np.nanmedian(data)), scale=scale)
 
-        out = denoise_array(data, model, offset=float(np.nanmedian(data)), scale=scale)
+        out = denoise_array(data, model, norm=norm)
 
         assert np.isnan(data).any()
         np.testing.assert_array_equal(np.isnan(out), np.isnan(data))

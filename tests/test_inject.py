@@ -5,16 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astrodenoise.inject import (
-    PSF,
-    completeness_magnitude,
-    gaussian_psf,
-    inject,
-    measure_psf,
-    plan_injection,
-    recover,
-    summarise_recovery,
-)
+from astrodenoise.detection import completeness_magnitude
+from astrodenoise.inject import inject, plan_injection, recover, summarise_recovery
+from astrodenoise.psf import PSF, gaussian_psf, measure_psf
 
 SKY, SIGMA = 100.0, 3.0
 
@@ -82,8 +75,8 @@ def test_plan_puts_sources_in_blank_sky_apart_with_magnitudes_around_the_limit()
     gaps = np.maximum(np.abs(x[:, None] - x[None]), np.abs(y[:, None] - y[None]))
     assert gaps[~np.eye(len(x), dtype=bool)].min() >= 2 * half + 1  # stamps never overlap
     # The 5-sigma limit follows from the noise and the aperture: S/N 5 in the aperture.
-    from astrodenoise.inject import _aperture_fraction
-    aperture_flux = 10 ** (-0.4 * (plan["m5"] - 25.0)) * _aperture_fraction(psf, 3.0)
+    from astrodenoise.photometry import aperture_fraction
+    aperture_flux = 10 ** (-0.4 * (plan["m5"] - 25.0)) * aperture_fraction(psf.stamp, 3.0)
     assert aperture_flux / (SIGMA * np.sqrt(np.pi * 9.0)) == pytest.approx(5.0)
     assert (plan["mag"] >= plan["m5"] - 4).all() and (plan["mag"] <= plan["m5"] + 1.5).all()
     again = plan_injection(blocked.shape, blocked, psf, sigma=SIGMA, zeropoint=25.0, radius=3.0,

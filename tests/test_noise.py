@@ -7,14 +7,9 @@ import pytest
 from astropy.io import fits
 
 from astrodenoise import io
-from astrodenoise.noise import (
-    NoiseConfig,
-    estimate_background,
-    estimate_noise,
-    noise,
-    pixel_sigma,
-    source_mask,
-)
+from astrodenoise.noise import NoiseConfig, estimate_noise, noise
+from astrodenoise.noise_model import pixel_sigma
+from astrodenoise.sky import estimate_background, source_mask
 
 
 @pytest.mark.parametrize("sigma", [0.5, 3.0, 20.0])

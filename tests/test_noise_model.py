@@ -8,9 +8,11 @@ from astropy.io import fits
 from scipy import ndimage
 
 from astrodenoise import io
+from astrodenoise.ingest import ingest
 from astrodenoise.noise import (
     estimate_noise,
     fit_poisson_gaussian,
+    noise,
     noise_autocorrelation,
     noise_survey,
     overscan_level,
@@ -18,6 +20,8 @@ from astrodenoise.noise import (
     pattern_noise,
     survey_noise,
 )
+from astrodenoise.noise_model import NoiseModel, read_noise_model
+from astrodenoise.transform import stabilising
 from conftest import REAL_DATA, make_star_field
 
 GAIN, READ_NOISE = 2.5, 8.0
@@ -220,3 +224,39 @@ def test_fit_is_flagged_unreliable_when_levels_span_too_little():
     fit = fit_poisson_gaussian(pair_mean_variance_curve(*pair))
 
     assert not fit["reliable"]
+
+
+# --- the NoiseModel the later steps read ------------------------------------------------
+
+
+@pytest.mark.parametrize("gain, kind", [(2.0, "gat"), (None, "linear")])
+def test_noise_model_picks_the_variance_stabilising_map(gain, kind):
+    noise = NoiseModel(sky=100.0, sigma=5.0, gain=gain)
+
+    assert stabilising(noise).kind == kind
+
+
+def test_noise_model_from_a_noise_json_of_today_and_of_before_the_gain_key():
+    today = {"sky_level": 84.0, "sigma": 6.9, "gain": 1.5, "gain_source": "header GAIN",
+             "header_read_noise": 5.0, "autocorrelation": {"x": 0.2, "y": 0.01}, "correlated": True}
+    before = {"sky_level": 84.0, "sigma": 6.9, "header_gain": 2.0, "header_read_noise": 5.0}
+
+    new, old = NoiseModel.from_json(today), NoiseModel.from_json(before)
+
+    assert (new.sky, new.sigma, new.gain, new.gain_source) == (84.0, 6.9, 1.5, "header GAIN")
+    assert new.read_noise == 5.0 and new.read_noise_source == "header RDNOISE"
+    assert new.correlation == (0.2, 0.01) and new.correlated
+    assert old.gain == 2.0 and not old.correlated
+
+
+def test_noise_model_reads_the_noise_steps_own_json(tmp_path, make_image):
+    image = make_image(128, sky=200.0, gain=2.0, read_noise=5.0, seed=4)
+    io.write_fits_image(tmp_path / "e.fits", image.data, fits.Header({"GAIN": 2.0, "RDNOISE": 5.0}))
+    ingest(tmp_path / "e.fits", tmp_path / "e.zarr")
+    noise(tmp_path / "e.zarr", tmp_path / "e.json")
+
+    model = read_noise_model(tmp_path / "e.json")
+
+    assert model.gain == 2.0 and model.gain_source == "header GAIN"
+    assert model.sigma == pytest.approx(image.sigma, rel=0.05)
+    assert model.exposure == "e"

@@ -12,26 +12,38 @@ from astropy.wcs import WCS
 from scipy import ndimage
 
 from astrodenoise import io
-from astrodenoise.model import UNet, UNetConfig
-from astrodenoise.predict import (
-    PredictConfig,
-    _device,
-    compute_threads,
+from astrodenoise.denoise import (
     denoise_array,
-    denoise_planes,
     denoise_with_uncertainty,
     load_model,
-    outlier_mask,
-    predict,
+    load_normalisation,
+    torch_device,
+)
+from astrodenoise.model import UNet, UNetConfig
+from astrodenoise.noise_model import NoiseModel
+from astrodenoise.predict import predict
+from astrodenoise.restore import outlier_mask, repair_outliers, restore_flux
+from astrodenoise.tiling import (
+    Execution,
+    PredictConfig,
+    compute_threads,
+    denoise_planes,
     predict_planes,
     predict_tiles,
-    repair_outliers,
-    restore_flux,
     tile_overlap,
 )
-from astrodenoise.train import Normalisation
+from astrodenoise.transform import Normalisation, exposure_normalisation
 
 SKY, SIGMA = 100.0, 3.0
+
+
+def _lin(scale: float, offset: float = SKY) -> Normalisation:
+    return Normalisation("linear", offset=offset, scale=scale)
+
+
+def _norm(checkpoint, offset=SKY) -> Normalisation:
+    """The linear map of a (linear) checkpoint at sky level ``offset``."""
+    return Normalisation("linear", offset=offset, scale=float(load_normalisation(str(checkpoint))["scale"]))
 
 
 @pytest.fixture(autouse=True)
@@ -43,12 +55,12 @@ def _fresh_model_cache():
 
 
 def _assert_matches_whole_image(image, checkpoint, tile):
-    model, scale = load_model(str(checkpoint), "cpu")
-    whole = denoise_array(image, model, offset=SKY, scale=scale)
+    model, scale = load_model(str(checkpoint), "cpu"), _norm(checkpoint).scale
+    whole = denoise_array(image, model, norm=_lin(scale))
 
-    tiled = predict_tiles(image, str(checkpoint), offset=SKY,
-                          config=PredictConfig(tile=tile, device="cpu", average=False, restore_flux=False,
-                                               repair_outliers=False))
+    tiled = predict_tiles(image, str(checkpoint), norm=_norm(checkpoint, SKY),
+                          config=PredictConfig(average=False, restore_flux=False, repair_outliers=False),
+                          execution=Execution(tile=tile, device="cpu"))
     result = tiled.compute(scheduler="sync")
 
     assert result.dtype == np.float32 and result.shape == image.shape
@@ -59,7 +71,7 @@ def _assert_matches_whole_image(image, checkpoint, tile):
 
 def test_tiled_equals_whole_image_on_odd_shape(make_image, tiny_checkpoint):
     image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=3).data
-    model, _ = load_model(str(tiny_checkpoint), "cpu")
+    model = load_model(str(tiny_checkpoint), "cpu")
     assert tile_overlap(model) < 64 < tile_overlap(model) * 2  # several tiles, wide halos
 
     _assert_matches_whole_image(image, tiny_checkpoint, tile=64)
@@ -91,8 +103,8 @@ def test_nan_pixels_stay_nan_and_do_not_spread(make_image, tiny_checkpoint):
     image[0, 0] = np.nan
     image[149, 130] = np.nan  # on a tile edge row
 
-    result = predict_tiles(image, str(tiny_checkpoint), offset=SKY,
-                           config=PredictConfig(tile=64, device="cpu")).compute()
+    result = predict_tiles(image, str(tiny_checkpoint), norm=_norm(tiny_checkpoint, SKY),
+                           config=PredictConfig(), execution=Execution(tile=64, device="cpu")).compute()
 
     np.testing.assert_array_equal(np.isnan(result), np.isnan(image))
     assert np.isfinite(result[69, 60:64]).all() and np.isfinite(result[73, 60:64]).all()
@@ -101,10 +113,10 @@ def test_nan_pixels_stay_nan_and_do_not_spread(make_image, tiny_checkpoint):
 def test_denoise_array_keeps_nan_and_units(make_image, tiny_checkpoint):
     image = make_image((40, 44), sky=SKY, sigma=SIGMA, seed=8).data.copy()
     image[10, 10] = np.nan
-    model, scale = load_model(str(tiny_checkpoint), "cpu")
+    model, scale = load_model(str(tiny_checkpoint), "cpu"), _norm(tiny_checkpoint).scale
 
-    out = denoise_array(image, model, offset=SKY, scale=scale)
-    shifted = denoise_array(image + 50.0, model, offset=SKY + 50.0, scale=scale)
+    out = denoise_array(image, model, norm=_lin(scale))
+    shifted = denoise_array(image + 50.0, model, norm=_lin(scale, SKY + 50.0))
 
     assert out.shape == image.shape and out.dtype == np.float32
     assert np.isnan(out[10, 10]) and np.isfinite(out).sum() == out.size - 1
@@ -125,15 +137,15 @@ def test_tile_overlap_is_pool_multiple_at_least_receptive_field(depth):
 
 def test_tile_not_multiple_of_pool_raises(tiny_checkpoint):
     with pytest.raises(ValueError, match="multiple of 2"):
-        predict_tiles(np.zeros((64, 64), np.float32), str(tiny_checkpoint), offset=0.0,
-                      config=PredictConfig(tile=66, device="cpu"))
+        predict_tiles(np.zeros((64, 64), np.float32), str(tiny_checkpoint), norm=_norm(tiny_checkpoint, 0.0),
+                      config=PredictConfig(), execution=Execution(tile=66, device="cpu"))
 
 
 def test_load_model_restores_weights_and_scale(tmp_path, make_checkpoint, tiny_unet):
     path = make_checkpoint(tmp_path / "m.pt", scale=4.5, seed=3)
     saved = io.load_checkpoint(path)["model"]
 
-    model, scale = load_model(str(path), "cpu")
+    model, scale = load_model(str(path), "cpu"), _norm(path).scale
 
     assert scale == 4.5
     assert not model.training
@@ -143,24 +155,24 @@ def test_load_model_restores_weights_and_scale(tmp_path, make_checkpoint, tiny_u
 
 @pytest.mark.parametrize("threads, workers, expected", [(8, 2, 4), (3, 2, 1), (1, 4, 1)])
 def test_compute_threads_splits_cores_between_workers(threads, workers, expected):
-    assert compute_threads(PredictConfig(threads=threads, workers=workers)) == expected
+    assert compute_threads(Execution(threads=threads, workers=workers)) == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_requested_without_cuda_raises():
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        _device("cuda")
+        torch_device("cuda")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_prediction_matches_cpu(make_image, tiny_checkpoint):
     image = make_image((96, 96), sky=SKY, sigma=SIGMA, seed=9).data
-    cpu_model, scale = load_model(str(tiny_checkpoint), "cpu")
-    gpu_model, _ = load_model(str(tiny_checkpoint), "cuda")
+    cpu_model, scale = load_model(str(tiny_checkpoint), "cpu"), _norm(tiny_checkpoint).scale
+    gpu_model = load_model(str(tiny_checkpoint), "cuda")
 
-    on_cpu = denoise_array(image, cpu_model, offset=SKY, scale=scale)
-    on_gpu = denoise_array(image, gpu_model, offset=SKY, scale=scale)
+    on_cpu = denoise_array(image, cpu_model, norm=_lin(scale))
+    on_gpu = denoise_array(image, gpu_model, norm=_lin(scale))
 
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-3 * SIGMA)
 
@@ -175,14 +187,14 @@ def test_predict_writes_fits_with_wcs_and_history_and_zarr(tmp_path, make_image,
     noise_json = tmp_path / "exp.json"
     io.write_json(noise_json, {"sky_level": SKY, "sigma": SIGMA})
     out_zarr, out_fits = tmp_path / "den.zarr", tmp_path / "den.fits"
-    config = PredictConfig(tile=64, device="cpu", threads=1, average=False, restore_flux=False,
-                           repair_outliers=False)
+    config = PredictConfig(average=False, restore_flux=False, repair_outliers=False)
+    execution = Execution(tile=64, device="cpu", threads=1)
 
     predict(str(store), str(noise_json), str(tiny_checkpoint), out_zarr=str(out_zarr),
-            out_fits=str(out_fits), config=config)
+            out_fits=str(out_fits), config=config, execution=execution)
 
-    model, scale = load_model(str(tiny_checkpoint), "cpu")
-    expected = denoise_array(image, model, offset=SKY, scale=scale)
+    model, scale = load_model(str(tiny_checkpoint), "cpu"), _norm(tiny_checkpoint).scale
+    expected = denoise_array(image, model, norm=_lin(scale))
     data, back = io.read_fits_image(out_fits)
     np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-4 * SIGMA)
     xs, ys = np.meshgrid([0, 50, 111], [0, 40, 95])
@@ -204,13 +216,14 @@ def test_local_dask_cluster_gives_the_threaded_result(tmp_path, make_image, tiny
     image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=5).data
     header = fits.Header({"BUNIT": "adu"})
     io.write_zarr_image(tmp_path / "in.zarr", image, chunks=64, attrs={"fits_header": header.tostring()})
-    io.write_json(tmp_path / "noise.json", {"sky_level": SKY})
+    io.write_json(tmp_path / "noise.json", {"sky_level": SKY, "sigma": SIGMA})
     outputs = {}
     for scheduler in ("threads", "local"):
-        config = PredictConfig(tile=64, device="cpu", workers=2, scheduler=scheduler)
+        config = PredictConfig()
+        execution = Execution(tile=64, device="cpu", workers=2, scheduler=scheduler)
         predict(str(tmp_path / "in.zarr"), str(tmp_path / "noise.json"), str(tiny_checkpoint),
                 out_zarr=tmp_path / f"{scheduler}.zarr", out_fits=tmp_path / f"{scheduler}.fits",
-                config=config)
+                config=config, execution=execution)
         outputs[scheduler] = fits.getdata(tmp_path / f"{scheduler}.fits")
 
     np.testing.assert_allclose(outputs["local"], outputs["threads"], rtol=1e-5, atol=1e-4 * SIGMA)
@@ -220,19 +233,19 @@ def _write_input(tmp_path, image, header=None):
     header = header if header is not None else fits.Header({"BUNIT": "adu"})
     store = tmp_path / "in.zarr"
     io.write_zarr_image(store, image, chunks=64, attrs={"fits_header": header.tostring()})
-    io.write_json(tmp_path / "noise.json", {"sky_level": SKY})
+    io.write_json(tmp_path / "noise.json", {"sky_level": SKY, "sigma": SIGMA})
     return str(store), str(tmp_path / "noise.json")
 
 
 def test_tiled_uncertainty_equals_whole_image(make_image, tiny_checkpoint):
     image = make_image((150, 203), sky=SKY, sigma=SIGMA, seed=11).data.copy()
     image[30, 40] = np.nan
-    model, scale = load_model(str(tiny_checkpoint), "cpu")
-    mean, err = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
+    model, scale = load_model(str(tiny_checkpoint), "cpu"), _norm(tiny_checkpoint).scale
+    mean, err = denoise_with_uncertainty(image, model, norm=_lin(scale))
 
-    planes = predict_planes(image, str(tiny_checkpoint), offset=SKY,
-                            config=PredictConfig(tile=64, device="cpu", uncertainty=True,
-                                                 restore_flux=False, repair_outliers=False))
+    planes = predict_planes(image, str(tiny_checkpoint), norm=_norm(tiny_checkpoint, SKY),
+                            config=PredictConfig(uncertainty=True, restore_flux=False, repair_outliers=False),
+                            execution=Execution(tile=64, device="cpu"))
     tiled_mean, tiled_err = planes.compute(scheduler="sync")
 
     np.testing.assert_allclose(tiled_mean, mean, rtol=1e-5, atol=1e-4 * SIGMA)
@@ -246,12 +259,12 @@ def test_tiled_average_is_the_whole_image_mean_of_the_dihedral_transforms(make_i
                                                                           shape):
     image = make_image(shape, sky=SKY, sigma=SIGMA, seed=13).data.copy()
     image[30, 40] = np.nan
-    model, scale = load_model(str(tiny_checkpoint), "cpu")
-    mean, _ = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
+    model, scale = load_model(str(tiny_checkpoint), "cpu"), _norm(tiny_checkpoint).scale
+    mean, _ = denoise_with_uncertainty(image, model, norm=_lin(scale))
 
-    planes = predict_planes(image, str(tiny_checkpoint), offset=SKY,
-                            config=PredictConfig(tile=64, device="cpu", restore_flux=False,
-                                                 repair_outliers=False))
+    planes = predict_planes(image, str(tiny_checkpoint), norm=_norm(tiny_checkpoint, SKY),
+                            config=PredictConfig(restore_flux=False, repair_outliers=False),
+                            execution=Execution(tile=64, device="cpu"))
 
     assert planes.shape == (1, *shape)
     np.testing.assert_allclose(planes[0].compute(scheduler="sync"), mean, rtol=1e-5, atol=1e-4 * SIGMA)
@@ -392,7 +405,7 @@ def test_denoise_planes_repairs_the_cosmic_ray_and_keeps_the_star():
     data = _sky_star_and_cosmic_ray()
     data[5, 5] = np.nan
     model, norm = _LeakyBlur().eval(), NORMS[0]
-    plain = PredictConfig(device="cpu", average=False, restore_flux=False, repair_outliers=False)
+    plain = PredictConfig(average=False, restore_flux=False, repair_outliers=False)
     config = dataclasses.replace(plain, repair_outliers=True)
 
     before = denoise_planes(data, model, norm=norm, config=plain)
@@ -412,15 +425,17 @@ def test_tiled_equals_whole_image_with_average_restoration_and_repair(make_image
     image[30, 40] = np.nan
     for y, x in ((63, 64), (64, 127), (100, 128)):  # cosmic rays on tile edges (64 px tiles)
         image[y, x] += 300 * SIGMA
-    model, scale = load_model(str(tiny_checkpoint), "cpu")
-    norm = Normalisation("linear", offset=SKY, scale=scale)
+    model, scale = load_model(str(tiny_checkpoint), "cpu"), _norm(tiny_checkpoint).scale
+    norm = _lin(scale)
     # A random network's output is nearly flat, 0.5 sigma above the sky: a low threshold
     # makes the whole image footprint, so the residual's smoothing crosses every tile edge.
-    config = PredictConfig(tile=64, device="cpu", restore_threshold=0.1)
+    config = PredictConfig(restore_threshold=0.1)
+    execution = Execution(tile=64, device="cpu")
     whole = denoise_planes(image, model, norm=norm, config=config)
     plain = denoise_planes(image, model, norm=norm, config=PredictConfig(restore_flux=False))
 
-    tiled = predict_planes(image, str(tiny_checkpoint), norm=norm, config=config).compute(scheduler="sync")
+    tiled = predict_planes(image, str(tiny_checkpoint), norm=norm, config=config,
+                           execution=execution).compute(scheduler="sync")
 
     assert np.nanmax(np.abs(whole[0] - plain[0])) > 0.1 * SIGMA  # the restoration did something
     assert whole[1][63, 64] == whole[1][64, 127] == whole[1][100, 128] == 1  # and the repair
@@ -429,10 +444,10 @@ def test_tiled_equals_whole_image_with_average_restoration_and_repair(make_image
 
 def test_uncertainty_mean_is_close_to_plain_prediction(make_image, tiny_checkpoint):
     image = make_image((64, 64), sky=SKY, sigma=SIGMA, seed=12).data
-    model, scale = load_model(str(tiny_checkpoint), "cpu")
-    plain = denoise_array(image, model, offset=SKY, scale=scale)
+    model, scale = load_model(str(tiny_checkpoint), "cpu"), _norm(tiny_checkpoint).scale
+    plain = denoise_array(image, model, norm=_lin(scale))
 
-    mean, err = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
+    mean, err = denoise_with_uncertainty(image, model, norm=_lin(scale))
 
     # A random network is not equivariant, but each copy lies within a few spreads.
     assert np.abs(plain - mean).max() <= 3 * np.sqrt(8) * err.max()
@@ -441,10 +456,10 @@ def test_uncertainty_mean_is_close_to_plain_prediction(make_image, tiny_checkpoi
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_reduced_precision_stays_close_to_float32(make_image, tiny_checkpoint, precision):
     image = make_image((64, 96), sky=SKY, sigma=SIGMA, seed=13).data
-    model, scale = load_model(str(tiny_checkpoint), "cpu")
-    exact = denoise_array(image, model, offset=SKY, scale=scale)
+    model, scale = load_model(str(tiny_checkpoint), "cpu"), _norm(tiny_checkpoint).scale
+    exact = denoise_array(image, model, norm=_lin(scale))
 
-    reduced = denoise_array(image, model, offset=SKY, scale=scale, precision=precision)
+    reduced = denoise_array(image, model, norm=_lin(scale), precision=precision)
 
     assert reduced.dtype == np.float32
     np.testing.assert_allclose(reduced, exact, rtol=2e-2, atol=0.05 * SIGMA)
@@ -460,13 +475,14 @@ def test_predict_writes_err_extension_and_zarr_array(tmp_path, make_image, make_
     image = make_image((96, 112), sky=SKY, sigma=SIGMA, seed=14).data
     header = make_header(image.shape, BUNIT="adu")
     store, noise_json = _write_input(tmp_path, image, header)
-    config = PredictConfig(tile=64, device="cpu", uncertainty=True, repair_outliers=False)
+    config = PredictConfig(uncertainty=True, repair_outliers=False)
+    execution = Execution(tile=64, device="cpu")
 
     predict(store, noise_json, str(tiny_checkpoint), out_zarr=str(tmp_path / "d.zarr"),
-            out_fits=str(tmp_path / "d.fits"), config=config)
+            out_fits=str(tmp_path / "d.fits"), config=config, execution=execution)
 
-    model, scale = load_model(str(tiny_checkpoint), "cpu")
-    mean, err = denoise_with_uncertainty(image, model, offset=SKY, scale=scale)
+    model, scale = load_model(str(tiny_checkpoint), "cpu"), _norm(tiny_checkpoint).scale
+    mean, err = denoise_with_uncertainty(image, model, norm=_lin(scale))
     with fits.open(tmp_path / "d.fits") as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "ERR"]
         np.testing.assert_allclose(hdul[0].data, mean, rtol=1e-5, atol=1e-4 * SIGMA)
@@ -483,7 +499,8 @@ def test_predict_writes_the_repaired_pixels(tmp_path, make_image, make_header, t
     store, noise_json = _write_input(tmp_path, image, make_header(image.shape, BUNIT="adu"))
 
     predict(store, noise_json, str(tiny_checkpoint), out_zarr=str(tmp_path / "d.zarr"),
-            out_fits=str(tmp_path / "d.fits"), config=PredictConfig(tile=64, device="cpu"))
+            out_fits=str(tmp_path / "d.fits"), config=PredictConfig(),
+                                               execution=Execution(tile=64, device="cpu"))
 
     with fits.open(tmp_path / "d.fits") as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "REPAIRED"]
@@ -498,7 +515,8 @@ def test_predict_zarr_shards_are_the_tiles(tmp_path, make_image, tiny_checkpoint
     store, noise_json = _write_input(tmp_path, image)
 
     predict(store, noise_json, str(tiny_checkpoint), out_zarr=str(tmp_path / "d.zarr"),
-            out_fits=str(tmp_path / "d.fits"), config=PredictConfig(tile=64, device="cpu", workers=2))
+            out_fits=str(tmp_path / "d.fits"), config=PredictConfig(),
+                                               execution=Execution(tile=64, device="cpu", workers=2))
 
     stored = io.open_zarr_image(tmp_path / "d.zarr")
     assert stored.shards == (64, 64)
@@ -515,14 +533,15 @@ def test_predict_removes_temporaries_of_a_killed_run(tmp_path, make_image, tiny_
     (stale / "d.fits").write_bytes(b"half")
 
     predict(store, noise_json, str(tiny_checkpoint), out_zarr=str(tmp_path / "d.zarr"),
-            out_fits=str(tmp_path / "d.fits"), config=PredictConfig(tile=64, device="cpu"))
+            out_fits=str(tmp_path / "d.fits"), config=PredictConfig(),
+                                               execution=Execution(tile=64, device="cpu"))
 
     assert not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def _model_loads() -> int:
-    from astrodenoise.predict import load_model as worker_load_model
+    from astrodenoise.denoise import load_model as worker_load_model
 
     return worker_load_model.cache_info().misses
 
@@ -531,8 +550,10 @@ def test_distributed_workers_load_the_model_once_each(make_image, tiny_checkpoin
     from distributed import Client, LocalCluster
 
     image = make_image((256, 256), sky=SKY, sigma=SIGMA, seed=17).data
-    config = PredictConfig(tile=64, device="cpu", repair_outliers=False)
-    tiled = predict_tiles(image, str(tiny_checkpoint), offset=SKY, config=config)
+    config = PredictConfig(repair_outliers=False)
+    execution = Execution(tile=64, device="cpu")
+    tiled = predict_tiles(image, str(tiny_checkpoint), norm=_norm(tiny_checkpoint, SKY), config=config,
+                          execution=execution)
     assert tiled.npartitions == 16
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
@@ -550,23 +571,27 @@ def _gat_checkpoint(tmp_path, tiny_checkpoint):
     return tmp_path / "gat.pt"
 
 
-def test_gat_model_needs_the_exposure_normalisation(tmp_path, tiny_checkpoint):
-    path = _gat_checkpoint(tmp_path, tiny_checkpoint)
+def test_gat_model_maps_each_exposure_with_its_own_noise(tmp_path, tiny_checkpoint):
+    stats = load_normalisation(str(_gat_checkpoint(tmp_path, tiny_checkpoint)))
 
-    # Its sky level alone would run a linear map: the output would be another domain's.
-    with pytest.raises(ValueError, match="non-linear model needs the exposure's norm"):
-        predict_tiles(np.zeros((64, 64), np.float32), str(path), offset=0.0)
+    own = exposure_normalisation(stats, NoiseModel(sky=SKY, sigma=4.0, gain=1.5))
+    without_gain = exposure_normalisation(stats, NoiseModel(sky=SKY, sigma=4.0))
+
+    # The exposure's sky, sigma and gain; the survey's gain only where the exposure has none.
+    assert own == Normalisation("gat", offset=SKY, scale=4.0, gain=1.5)
+    assert without_gain == Normalisation("gat", offset=SKY, scale=4.0, gain=2.0)
 
 
 def test_gat_model_tiled_equals_whole_and_inverts_in_data_units(tmp_path, tiny_checkpoint, make_image):
     path = _gat_checkpoint(tmp_path, tiny_checkpoint)
     image = make_image((150, 203), sky=SKY).data
     norm = Normalisation("gat", offset=SKY, scale=3.0, gain=2.0)
-    model, _ = load_model(str(path), "cpu")
+    model = load_model(str(path), "cpu")
 
     whole = denoise_array(image, model, norm=norm)
-    plain = PredictConfig(tile=64, average=False, restore_flux=False, repair_outliers=False)
-    tiled = predict_tiles(image, str(path), norm=norm, config=plain).compute()
+    plain = PredictConfig(average=False, restore_flux=False, repair_outliers=False)
+    plain_execution = Execution(tile=64)
+    tiled = predict_tiles(image, str(path), norm=norm, config=plain, execution=plain_execution).compute()
     mean, err = denoise_with_uncertainty(image, model, norm=norm)
 
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-4)
@@ -584,9 +609,9 @@ def test_predict_applies_the_checkpoint_domain_with_the_exposure_noise(tmp_path,
     io.write_json(tmp_path / "noise.json", {"sky_level": SKY, "sigma": 3.0, "header_gain": 2.0})
 
     predict(str(store), str(tmp_path / "noise.json"), str(path), out_zarr=str(tmp_path / "o.zarr"),
-            out_fits=str(tmp_path / "o.fits"), config=PredictConfig(tile=64))
+            out_fits=str(tmp_path / "o.fits"), config=PredictConfig(), execution=Execution(tile=64))
 
-    model, _ = load_model(str(path), "cpu")
+    model = load_model(str(path), "cpu")
     norm = Normalisation("gat", offset=SKY, scale=3.0, gain=2.0)
     expected = denoise_planes(data, model, norm=norm, config=PredictConfig())[0]
     np.testing.assert_allclose(io.open_zarr_image(tmp_path / "o.zarr")[...], expected, rtol=1e-5, atol=1e-4)
@@ -594,9 +619,9 @@ def test_predict_applies_the_checkpoint_domain_with_the_exposure_noise(tmp_path,
 
 @pytest.mark.parametrize("rows, per_row, workers", [((64, 64, 86), 3, 1), ((64,) * 5, 2, 3), ((100,), 1, 1)])
 def test_bands_cover_the_rows_once_at_block_edges(rows, per_row, workers):
-    from astrodenoise.predict import _bands
+    from astrodenoise.predict import row_bands
 
-    bands = _bands(rows, blocks_per_row=per_row, workers=workers)
+    bands = row_bands(rows, blocks_per_row=per_row, workers=workers)
 
     edges = set(np.cumsum((0,) + rows).tolist())
     assert bands[0].start == 0 and bands[-1].stop == sum(rows)

@@ -19,10 +19,10 @@ SKY = 100.0
 
 
 def _predict_command(store: Path, noise: Path, model: Path, out: Path) -> list[str]:
-    config = '{"tile": 64, "device": "cpu", "uncertainty": true}'
+    config, execution = '{"uncertainty": true}', '{"tile": 64, "device": "cpu"}'
     return [sys.executable, "-m", "astrodenoise", "predict", str(store), "--noise", str(noise),
             "--model", str(model), "--out-zarr", str(out / "d.zarr"), "--out-fits", str(out / "d.fits"),
-            "--threads", "1", "--config", config]
+            "--threads", "1", "--config", config, "--execution", execution]
 
 
 def _kill_once_writing(command: list[str], out: Path, timeout: float = 60.0) -> None:
@@ -50,7 +50,7 @@ def test_killed_prediction_then_rerun_gives_identical_bytes(tmp_path, make_image
     header = fits.Header({"BUNIT": "adu"})
     io.write_zarr_image(store, image, chunks=64, attrs={"fits_header": header.tostring()})
     noise = tmp_path / "noise.json"
-    io.write_json(noise, {"sky_level": SKY})
+    io.write_json(noise, {"sky_level": SKY, "sigma": 3.0})
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     killed.mkdir()
     subprocess.run(_predict_command(store, noise, tiny_checkpoint, clean), check=True,

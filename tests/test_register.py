@@ -8,15 +8,9 @@ from astropy.io import fits
 from scipy import ndimage
 
 from astrodenoise import io
-from astrodenoise.register import (
-    align_to_reference,
-    group_by_header,
-    load_aligned,
-    register,
-    register_field,
-    same_grid,
-    xcorr_offset,
-)
+from astrodenoise.alignment import align_to_reference, load_aligned, same_grid, xcorr_offset
+from astrodenoise.fields import group_by_header
+from astrodenoise.register import register, register_field
 from conftest import REAL_DATA, tan_header
 
 SIZE = 200

@@ -65,13 +65,14 @@ def test_predict_on_a_dask_jobqueue_slurm_cluster(tmp_path):
     import dask
 
     from astrodenoise import io
-    from astrodenoise.predict import PredictConfig, predict
+    from astrodenoise.predict import predict
+    from astrodenoise.tiling import Execution, PredictConfig
     from conftest import make_star_field, random_checkpoint
 
     image = make_star_field((150, 203), sky=100.0, sigma=3.0, seed=5).data
     io.write_zarr_image(tmp_path / "in.zarr", image, chunks=64,
                         attrs={"fits_header": fits.Header().tostring()})
-    io.write_json(tmp_path / "noise.json", {"sky_level": 100.0})
+    io.write_json(tmp_path / "noise.json", {"sky_level": 100.0, "sigma": 3.0})
     checkpoint = random_checkpoint(tmp_path / "model.pt")
     outputs = {}
     # Site settings of dask-jobqueue, as a cluster's ~/.config/dask/jobqueue.yaml would give.
@@ -81,10 +82,11 @@ def test_predict_on_a_dask_jobqueue_slurm_cluster(tmp_path):
             "jobqueue.slurm.log-directory": str(tmp_path / "logs")}
     with dask.config.set(site):
         for scheduler in ("threads", "slurm"):
-            config = PredictConfig(tile=64, device="cpu", workers=2, scheduler=scheduler)
+            config = PredictConfig()
+            execution = Execution(tile=64, device="cpu", workers=2, scheduler=scheduler)
             predict(str(tmp_path / "in.zarr"), str(tmp_path / "noise.json"), str(checkpoint),
                     out_zarr=tmp_path / f"{scheduler}.zarr", out_fits=tmp_path / f"{scheduler}.fits",
-                    config=config)
+                    config=config, execution=execution)
             outputs[scheduler] = fits.getdata(tmp_path / f"{scheduler}.fits")
 
     np.testing.assert_allclose(outputs["slurm"], outputs["threads"], rtol=1e-5, atol=1e-4)

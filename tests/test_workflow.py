@@ -27,7 +27,7 @@ TINY = {
     "simulate": {"n_fields": 1, "n_exposures": 2, "size": 128, "seed": 7},
     "train": {"methods": ["n2n", "n2v"], "steps": 60, "val_every": 20, "patch_size": 32,
               "batch_size": 8, "model": {"depth": 2, "channels": 8}},
-    "predict": {"tile": 64},
+    "execution": {"predict": {"tile": 64}},
     "evaluate": {"cutout": 96},
 }
 
@@ -244,11 +244,14 @@ def _planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
         ({"evaluate": {"gaussian_sigma": 1.5}}, {"evaluate": 1, "report": 1, "all": 1}),
         ({"noise": {"dilate": 3}},
          {"noise": 2, "noise_survey": 1, "train": 2, "predict": 2, "evaluate": 1, "report": 1, "all": 1}),
-        ({"predict": {"tile": 32}}, {"predict": 2, "evaluate": 1, "report": 1, "all": 1}),
+        ({"predict": {"average": False}}, {"predict": 2, "evaluate": 1, "report": 1, "all": 1}),
         # A method's own train block retrains that method only.
         ({"train": {"n2v": {"steps": 7}}}, {"train": 1, "predict": 2, "evaluate": 1, "report": 1, "all": 1}),
+        # How predict runs is not what it computes: nothing reruns.
+        ({"execution": {"predict": {"tile": 32, "workers": 2, "device": "cpu"}}}, {}),
     ],
-    ids=["evaluate-settings", "noise-settings", "predict-settings", "one-method-train-settings"],
+    ids=["evaluate-settings", "noise-settings", "predict-settings", "one-method-train-settings",
+         "execution-settings"],
 )
 def test_config_edit_reruns_only_what_it_affects(demo_run, change, expected):
     workdir, _ = demo_run
@@ -257,6 +260,16 @@ def test_config_edit_reruns_only_what_it_affects(demo_run, change, expected):
         config[section] = config.get(section, {}) | values
 
     assert _planned_jobs(workdir, config) == expected
+
+
+@pytest.mark.slow
+def test_other_cores_rerun_nothing(demo_run):
+    workdir, _ = demo_run
+
+    result = run_snakemake(workdir, TINY, "-n", "--cores", "1")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
 
 
 @pytest.mark.slow

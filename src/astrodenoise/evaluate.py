@@ -67,45 +67,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from astropy.stats import mad_std
 from astropy.table import Table
-from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
-from matplotlib.figure import Figure
-from photutils.aperture import CircularAperture, aperture_photometry
-from photutils.segmentation import SourceCatalog, SourceFinder, detect_sources
-from scipy import ndimage
-from scipy.spatial import cKDTree
 from skimage.metrics import structural_similarity
 
 from . import io
-from .inject import exposure_seed, inject, measure_psf, plan_injection, recover
-from .noise import estimate_background, exposure_gain, pixel_sigma, source_mask
+from .alignment import onto_grid
+from .baselines import denoise, gaussian_smooth
+from .cutouts import gallery_path, write_cutouts, write_gallery
+from .denoise import load_normalisation
+from .detection import detect, detection_scores
+from .inject import injection_recovery
+from .metrics import blank_sky_rms, outlier_pixels, power_spectrum, psnr, residual_statistics
+from .noise_model import NoiseModel, read_noise_model
+from .photometry import aperture_fluxes, aperture_radius, aperture_snr, flux_bias, photometry_by_magnitude
 from .provenance import code_version
+from .psf import measure_psf
+from .sky import estimate_background, source_mask
+from .tiling import Execution, PredictConfig, predict_tiles
+from .transform import exposure_normalisation
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "EvaluateConfig",
-    "blank_sky_rms",
-    "psnr",
-    "aperture_fluxes",
-    "aperture_snr",
-    "flux_bias",
-    "gaussian_baseline",
-    "score_image",
-    "outlier_pixels",
-    "power_spectrum",
-    "residual_statistics",
-    "photometry_by_magnitude",
-    "detect",
-    "detection_scores",
-    "pool_detection_bins",
-    "depth90",
-    "evaluate",
-    "gallery_path",
-    "leave_one_out_stack",
-    "evaluate_field",
-]
+__all__ = ["EvaluateConfig", "score_image", "evaluate", "leave_one_out_stack", "evaluate_field"]
 
 
 @dataclass(frozen=True)
@@ -144,50 +127,6 @@ class EvaluateConfig:
         return cls(**values)
 
 
-def blank_sky_rms(image: np.ndarray, *, background: np.ndarray, mask: np.ndarray) -> float:
-    """Robust RMS of ``image - background`` over blank sky (``mask`` True = not blank)."""
-    return float(mad_std((image - background)[~mask], ignore_nan=True))
-
-
-def psnr(image: np.ndarray, truth: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB with ``data_range = max(truth) - min(truth)``."""
-    valid = np.isfinite(image) & np.isfinite(truth)
-    mse = np.mean((image[valid] - truth[valid]) ** 2)
-    data_range = np.nanmax(truth) - np.nanmin(truth)
-    return float(10 * np.log10(data_range**2 / mse))
-
-
-def aperture_fluxes(image: np.ndarray, positions: np.ndarray, *, radius: float) -> np.ndarray:
-    """Sum of ``image`` in circular apertures; ``positions`` (n, 2) as (x, y), 0-based."""
-    table = aperture_photometry(np.nan_to_num(image), CircularAperture(positions, r=radius))
-    return np.asarray(table["aperture_sum"], dtype=float)
-
-
-def flux_bias(flux: np.ndarray, reference: np.ndarray, snr: np.ndarray) -> dict:
-    """Median fractional flux bias and robust scatter for bright and faint sources."""
-    out = {}
-    for name, lo, hi in (("bright", 50.0, np.inf), ("faint", 5.0, 20.0)):
-        pick = (snr > lo) & (snr < hi) & (reference > 0)
-        ratio = (flux[pick] - reference[pick]) / reference[pick]
-        out[name] = {
-            "n": int(pick.sum()),
-            "bias": float(np.median(ratio)) if pick.any() else None,
-            "scatter": float(mad_std(ratio)) if pick.sum() > 2 else None,
-        }
-    return out
-
-
-def gaussian_baseline(image: np.ndarray, *, sigma: float) -> np.ndarray:
-    """Classical baseline: Gaussian smoothing, NaN-aware (normalised convolution)."""
-    valid = np.isfinite(image)
-    num = ndimage.gaussian_filter(np.where(valid, image, 0.0), sigma)
-    den = ndimage.gaussian_filter(valid.astype(float), sigma)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / den
-    out[~valid] = np.nan
-    return out.astype(np.float32)
-
-
 def score_image(image: np.ndarray, *, background, mask, truth=None, phot=None) -> dict:
     """Score one image: blank-sky RMS, truth metrics when given, photometry when given.
 
@@ -206,341 +145,6 @@ def score_image(image: np.ndarray, *, background, mask, truth=None, phot=None) -
         fluxes = aperture_fluxes(image - background, phot["positions"], radius=phot["radius"])
         scores["photometry"] = flux_bias(fluxes, phot["reference"], phot["snr"])
     return scores
-
-
-def outlier_pixels(data: np.ndarray, reference: np.ndarray, *, sky: float, sigma: float,
-                   gain: float | None) -> np.ndarray:
-    """Bool (ny, nx), True where the input lies more than 8 noise sigma above the reference
-    (cosmic rays, hot pixels), grown by 2 pixels. The noise is ``sqrt(sigma^2 +
-    (reference - sky) / gain)``, in data units."""
-    with np.errstate(invalid="ignore"):
-        hit = np.nan_to_num((data - reference) / pixel_sigma(reference, sky=sky, sigma=sigma, gain=gain)) > 8
-    return ndimage.binary_dilation(hit, iterations=2)
-
-
-def power_spectrum(image: np.ndarray, *, background: np.ndarray, mask: np.ndarray,
-                   n_bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Radially averaged power spectrum of blank sky.
-
-    ``image - background`` with sources (``mask`` True) and NaN set to 0, Fourier
-    transformed; power averaged in ``n_bins`` rings of spatial frequency from 0 to 0.5
-    cycles per pixel and divided by the number of blank pixels. Returns (k, power).
-    """
-    blank = ~mask & np.isfinite(image)
-    residual = np.where(blank, image - background, 0.0)
-    power = np.abs(np.fft.fft2(residual)) ** 2 / max(1, blank.sum())
-    ky, kx = np.meshgrid(np.fft.fftfreq(image.shape[0]), np.fft.fftfreq(image.shape[1]), indexing="ij")
-    k = np.hypot(ky, kx)
-    edges = np.linspace(0.0, 0.5, n_bins + 1)
-    ring = np.digitize(k, edges) - 1
-    valid = (ring >= 0) & (ring < n_bins) & (k > 0)
-    sums = np.bincount(ring[valid], power[valid], minlength=n_bins)
-    counts = np.bincount(ring[valid], minlength=n_bins)
-    return 0.5 * (edges[1:] + edges[:-1]), sums / np.maximum(counts, 1)
-
-
-def residual_statistics(data: np.ndarray, image: np.ndarray, *, sigma: float, mask: np.ndarray,
-                        positions: np.ndarray, radius: float) -> dict:
-    """``(data - image) / sigma`` over blank sky (mean, std, histogram) and at sources.
-
-    ``mask`` True = not blank sky; ``positions`` (n, 2) as (x, y). The histogram has
-    40 bins from -5 to 5 (counts normalised to a density, comparable with N(0, 1)).
-    """
-    residual = (data - image) / sigma
-    sky = residual[~mask & np.isfinite(residual)]
-    density, _ = np.histogram(sky, bins=40, range=(-5, 5), density=True)
-    out = {"sky_mean": float(np.mean(sky)), "sky_std": float(np.std(sky)),
-           "histogram": [round(float(v), 5) for v in density], "source_mean": None}
-    if len(positions):
-        area = np.pi * radius**2
-        out["source_mean"] = float(np.median(aperture_fluxes(residual, positions, radius=radius) / area))
-    return out
-
-
-def photometry_by_magnitude(flux: np.ndarray, reference: np.ndarray, mag: np.ndarray, *,
-                            bin_width: float) -> list[dict]:
-    """Median fractional flux bias and robust scatter per magnitude bin (brightest first)."""
-    good = (reference > 0) & np.isfinite(mag) & np.isfinite(flux)
-    if not good.any():
-        return []
-    ratio = (flux - reference) / np.where(reference > 0, reference, 1.0)
-    rows = []
-    start = np.floor(mag[good].min() / bin_width) * bin_width
-    for lo in np.arange(start, mag[good].max() + bin_width, bin_width):
-        pick = good & (mag >= lo) & (mag < lo + bin_width)
-        if pick.sum() >= 3:
-            rows.append({"mag": round(float(lo + bin_width / 2), 3), "n": int(pick.sum()),
-                         "bias": float(np.median(ratio[pick])), "scatter": float(mad_std(ratio[pick]))})
-    return rows
-
-
-def detect(image: np.ndarray, *, background: np.ndarray, mask: np.ndarray, threshold: float,
-           fwhm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Sources of the PSF-matched-filtered image above ``threshold`` times its blank-sky
-    RMS (at least 5 connected pixels), deblended.
-
-    The image minus ``background`` is smoothed with a Gaussian of the PSF ``fwhm``
-    (pixels) and the threshold set from the RMS of that filtered map over blank sky
-    (``mask`` True = not blank). Measuring the noise after the filter counts the
-    correlations a denoiser leaves: a smooth image has a tiny per-pixel RMS, and a
-    per-pixel threshold would detect its residual ripples as sources. Deblending keeps a
-    faint neighbour from merging with a bright star into one segment whose centroid
-    matches neither. Returns centroids (n, 2) as (x, y) and segment fluxes (n,) measured
-    on the unfiltered image.
-    """
-    residual = np.nan_to_num(image - background)
-    filtered = ndimage.gaussian_filter(residual, fwhm / 2.3548)
-    rms = float(mad_std(filtered[~mask & np.isfinite(image)]))
-    finder = SourceFinder(n_pixels=5, deblend=True, progress_bar=False)
-    segments = finder(filtered, threshold * rms)
-    if segments is None:
-        return np.empty((0, 2)), np.empty(0)
-    cat = SourceCatalog(residual, segments, convolved_data=filtered)
-    return np.column_stack([cat.x_centroid, cat.y_centroid]), np.asarray(cat.segment_flux, float)
-
-
-def detection_scores(found: np.ndarray, found_flux: np.ndarray, truth: np.ndarray, truth_mag: np.ndarray,
-                     *, radius: float, zeropoint: float, bin_width: float) -> dict:
-    """Completeness, purity and 90% depth of detections against a truth catalogue.
-
-    ``found`` (n, 2) and ``truth`` (m, 2) are (x, y) pixel positions; a detection is true
-    when a catalogue source lies within ``radius`` pixels. Magnitudes are
-    ``zeropoint - 2.5 log10(flux)`` for unmatched detections, the catalogue's for matched
-    ones. Bins run from the brightest catalogue magnitude in steps of ``bin_width``.
-    """
-    dist, nearest = cKDTree(truth).query(found, k=1) if len(found) else (np.empty(0), np.empty(0, int))
-    matched = dist <= radius
-    with np.errstate(divide="ignore", invalid="ignore"):
-        own_mag = np.where(found_flux > 0, zeropoint - 2.5 * np.log10(found_flux), np.inf)
-    found_mag = np.where(matched, truth_mag[np.minimum(nearest, len(truth) - 1)], own_mag)
-    recovered = np.zeros(len(truth), bool)
-    recovered[nearest[matched]] = True
-    start = np.floor(truth_mag.min() / bin_width) * bin_width
-    edges = np.arange(start, truth_mag.max() + bin_width, bin_width)
-    rows = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        in_truth = (truth_mag >= lo) & (truth_mag < hi)
-        in_found = (found_mag >= lo) & (found_mag < hi)
-        rows.append(_detection_bin(lo, hi, int(in_truth.sum()), int(recovered[in_truth].sum()),
-                                   int(in_found.sum()), int(matched[in_found].sum())))
-    return {"bins": rows, "depth90": depth90(rows), "n_detected": int(len(found)),
-            "n_matched": int(matched.sum()), "n_false": int((~matched).sum())}
-
-
-def _detection_bin(lo: float, hi: float, n_truth: int, n_recovered: int, n_found: int, n_true: int) -> dict:
-    return {"lo": round(float(lo), 3), "hi": round(float(hi), 3), "n_truth": n_truth,
-            "n_recovered": n_recovered, "n_found": n_found, "n_true": n_true,
-            "completeness": n_recovered / n_truth if n_truth else None,
-            "purity": n_true / n_found if n_found else None}
-
-
-def pool_detection_bins(per_exposure: list[list[dict]]) -> list[dict]:
-    """Sum the counts of detection bins over exposures (bins matched by their edges)."""
-    totals: dict[tuple, list[int]] = {}
-    for rows in per_exposure:
-        for r in rows:
-            key = (r["lo"], r["hi"])
-            counts = totals.setdefault(key, [0, 0, 0, 0])
-            for i, name in enumerate(("n_truth", "n_recovered", "n_found", "n_true")):
-                counts[i] += r[name]
-    return [_detection_bin(lo, hi, *counts) for (lo, hi), counts in sorted(totals.items())]
-
-
-def depth90(bins: list[dict], *, min_sources: int = 5, purity: bool = True) -> float | None:
-    """Faint edge of the last magnitude bin, brighter bins included, whose completeness
-    and purity (only completeness with ``purity=False``) are at least 90%. Bins with
-    fewer than ``min_sources`` catalogue sources are too few to tell and neither extend
-    nor end the run; None when the first informative bin already fails."""
-    depth = None
-    for row in bins:
-        if row["n_truth"] < min_sources:
-            continue
-        impure = purity and row["purity"] is not None and row["purity"] < 0.9
-        if row["completeness"] < 0.9 or impure:
-            break
-        depth = row["hi"]
-    return depth
-
-
-def _detected_positions(image, background, rms) -> np.ndarray:
-    segments = detect_sources(np.nan_to_num(image - background), 3.0 * rms, n_pixels=5)
-    if segments is None:
-        return np.empty((0, 2))
-    cat = SourceCatalog(np.nan_to_num(image - background), segments)
-    return np.column_stack([cat.x_centroid, cat.y_centroid])
-
-
-def aperture_snr(flux: np.ndarray, *, radius: float, sigma: float, gain: float | None) -> np.ndarray:
-    """S/N of aperture sums ``flux``: the variance is the sky noise over the aperture plus
-    the source's photon noise (``flux / gain``, data units; none without a gain)."""
-    variance = np.pi * radius**2 * sigma**2 + np.clip(flux, 0, None) / (gain or np.inf)
-    return flux / np.sqrt(variance)
-
-
-def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, config):
-    radius = max(1.5, config.aperture_fwhm * fwhm)
-    ref_flux = aperture_fluxes(reference - background, positions, radius=radius)
-    return {"positions": positions, "radius": radius, "reference": ref_flux,
-            "snr": aperture_snr(ref_flux, radius=radius, sigma=sigma, gain=gain)}
-
-
-def gallery_path(out_png: str | Path) -> Path:
-    """Where the faint-source gallery of an exposure's figure goes: ``<name>_faint.png``."""
-    out_png = Path(out_png)
-    return out_png.with_name(out_png.stem + "_faint.png")
-
-
-def _gallery(images: dict[str, np.ndarray], phot: dict | None, sigma: float, out_png: Path, *,
-             count: int = 8, half: int = 8) -> bool:
-    """Stamps of the faintest measured sources (5 < S/N < 20 on the reference), one row
-    per image kind, each column on the input stamp's asinh stretch. False when none."""
-    if phot is None:
-        return False
-    data = images["input"]
-    ny, nx = data.shape
-    x, y = np.round(phot["positions"]).astype(int).T
-    inside = (x >= half) & (x < nx - half) & (y >= half) & (y < ny - half)
-    pick = np.flatnonzero(inside & (phot["snr"] > 5) & (phot["snr"] < 20))
-    pick = pick[np.argsort(phot["snr"][pick])][:count]
-    if not len(pick):
-        return False
-    fig = Figure(figsize=(1.2 * len(pick) + 1.0, 1.2 * len(images)))
-    axes = fig.subplots(len(images), len(pick), squeeze=False)
-    for col, i in enumerate(pick):
-        box = (slice(y[i] - half, y[i] + half + 1), slice(x[i] - half, x[i] + half + 1))
-        norm = ImageNormalize(data[box], interval=PercentileInterval(99.5), stretch=AsinhStretch(0.1))
-        axes[0, col].set_title(f"S/N {phot['snr'][i]:.0f}", fontsize=7)
-        for row, (name, image) in enumerate(images.items()):
-            axes[row, col].imshow(image[box], norm=norm, origin="lower", cmap="gray")
-            axes[row, col].set_xticks([])
-            axes[row, col].set_yticks([])
-            if col == 0:
-                axes[row, col].set_ylabel(name, fontsize=7)
-    fig.tight_layout()
-    with io.atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    return True
-
-
-def _figure(images: dict[str, np.ndarray], sigma: float, size: int, out_png: str | Path) -> None:
-    """Before/after/residual cutouts with a shared asinh stretch."""
-    data = images["input"]
-    ny, nx = data.shape
-    h, w = min(size, ny), min(size, nx)
-    y0, x0 = (ny - h) // 2, (nx - w) // 2
-    cut = {k: v[y0:y0 + h, x0:x0 + w] for k, v in images.items()}
-    norm = ImageNormalize(cut["input"], interval=PercentileInterval(99.7), stretch=AsinhStretch(0.05))
-    outputs = [k for k in cut if k != "input"]
-    fig = Figure(figsize=(3.2 * (len(outputs) + 1), 6.6))
-    axes = fig.subplots(2, len(outputs) + 1, squeeze=False)
-    axes[0, 0].imshow(cut["input"], norm=norm, origin="lower", cmap="gray")
-    axes[0, 0].set_title("input")
-    axes[1, 0].axis("off")
-    for i, key in enumerate(outputs, start=1):
-        axes[0, i].imshow(cut[key], norm=norm, origin="lower", cmap="gray")
-        axes[0, i].set_title(key)
-        axes[1, i].imshow((cut["input"] - cut[key]) / sigma, vmin=-3, vmax=3, origin="lower", cmap="RdBu_r")
-        axes[1, i].set_title(f"(input - {key}) / sigma")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    with io.atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-
-
-def _baseline_denoisers(measured: dict, config: EvaluateConfig) -> dict:
-    """{name: function of an image} for the classical baselines of ``config.baselines``."""
-    from .baselines import NoiseModel, denoise
-
-    noise = NoiseModel.from_noise_json(measured)
-
-    def one(name):
-        if name == "gaussian":
-            return lambda image: gaussian_baseline(image, sigma=config.gaussian_sigma)
-        return lambda image: denoise(name, image, noise)
-
-    return {name: one(name) for name in config.baselines}
-
-
-def _model_denoisers(models: dict[str, str], denoised: dict[str, str], measured: dict) -> dict:
-    """{method: function of an image} denoising as the predict step did: the checkpoint,
-    this exposure's normalisation, and the predict settings recorded in the method's
-    denoised store (precision, averaging, flux restoration; run here on threads, on the
-    GPU when this job has one)."""
-    from .predict import PredictConfig, load_normalisation
-    from .train import exposure_normalisation
-
-    known = {f.name for f in dataclasses.fields(PredictConfig)}
-    out = {}
-    for name, checkpoint in models.items():
-        recorded = {}
-        if name in denoised and Path(denoised[name]).exists():
-            attrs = io.open_zarr_image(denoised[name]).attrs
-            recorded = dict(attrs.get("provenance_predict", {}).get("predict_config", {}))
-        # Where it ran is not what it computed: this job may be on a node without the GPU or
-        # the cluster that predict used.
-        settings = {k: v for k, v in recorded.items() if k in known} | {
-            "scheduler": "threads", "workers": 1, "device": "auto"}
-        norm = exposure_normalisation(load_normalisation(str(checkpoint)), measured)
-
-        out[name] = functools.partial(_denoise_with, checkpoint=str(checkpoint), norm=norm,
-                                      config=PredictConfig.from_dict(settings))
-    return out
-
-
-def _denoise_with(image: np.ndarray, *, checkpoint: str, norm, config) -> np.ndarray:
-    """``image`` denoised by a checkpoint, tile by tile as predict does, in this process."""
-    from .predict import predict_tiles
-
-    return np.asarray(predict_tiles(image, checkpoint, norm=norm, config=config).compute(scheduler="threads"))
-
-
-def _injection_recovery(data: np.ndarray, *, name: str, background, mask, bad, measured: dict, psf,
-                        zeropoint: float, radius: float, fwhm: float, images: dict[str, np.ndarray],
-                        baselines: dict, models: dict, config: EvaluateConfig) -> dict:
-    """Inject point sources of known flux into the input's blank sky, denoise the injected
-    image with every method, and measure each source's recovered flux and detection.
-
-    Works on the central ``config.inject_region`` square; each method runs on that region
-    with and without the sources (``images`` supplies the "without" when the region is the
-    whole image and the method is deterministic there: input and baselines), and the
-    difference is measured (:func:`astrodenoise.inject.recover`). Returns the per-source
-    table (positions, magnitudes, true S/N) and, per method, flux ratios and found flags.
-    """
-    ny, nx = data.shape
-    hy, hx = min(ny, config.inject_region), min(nx, config.inject_region)
-    y0, x0 = (ny - hy) // 2, (nx - hx) // 2
-    box = np.s_[y0:y0 + hy, x0:x0 + hx]
-    whole = (hy, hx) == (ny, nx)
-    sigma, gain = float(measured["sigma"]), exposure_gain(measured)
-    seed = exposure_seed(name, config.inject_seed)
-    rng = np.random.default_rng(seed)
-    plan = plan_injection((hy, hx), mask[box], psf, sigma=sigma, zeropoint=zeropoint, radius=radius,
-                          count=config.inject_count, rng=rng, nodata=bad[box])
-    block = {"region": [int(y0), int(x0), int(hy), int(hx)], "psf": psf.describe(), "m5": plan["m5"],
-             "zeropoint": zeropoint, "radius": radius, "gain": gain, "seed": seed,
-             "n": int(len(plan["positions"])), "methods": {}}
-    if not block["n"]:
-        block["note"] = "no blank sky to inject into"
-        return block
-    injected, model = inject(data[box], psf, plan, gain=gain, rng=rng)
-    true_flux = aperture_fluxes(model, plan["positions"], radius=radius)
-    snr = aperture_snr(true_flux, radius=radius, sigma=sigma, gain=gain)
-    block |= {"x": (plan["positions"][:, 0] + x0).tolist(), "y": (plan["positions"][:, 1] + y0).tolist(),
-              "mag": [round(float(m), 4) for m in plan["mag"]], "snr": [round(float(v), 3) for v in snr],
-              "on_source": int(plan["on_source"].sum())}
-    bkg, msk = background[box], mask[box]
-    runners = {"input": lambda image: image} | baselines | models
-    for kind, run in runners.items():
-        original = images[kind][box] if whole and kind not in models else run(data[box])
-        out = run(injected)
-        found = [detect(img, background=bkg, mask=msk, threshold=config.detect_threshold, fwhm=fwhm)[0]
-                 for img in (original, out)]
-        block["methods"][kind] = recover(original, out, model, plan, radius=radius,
-                                         found_original=found[0], found_injected=found[1],
-                                         match_radius=config.match_radius * fwhm)
-    return block
 
 
 def _fwhm(header, psf, config: EvaluateConfig) -> float:
@@ -590,7 +194,7 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
     k, power = power_spectrum(image, background=background, mask=mask)
     out = {"power": {"k": [round(float(v), 4) for v in k],
                      "ratio": [float(v) for v in power / np.maximum(input_power, 1e-30)]}}
-    radius = phot["radius"] if phot else max(1.5, config.aperture_fwhm * sources["fwhm"])
+    radius = phot["radius"] if phot else aperture_radius(sources["fwhm"], factor=config.aperture_fwhm)
     out["residual"] = residual_statistics(data, image, sigma=sigma, mask=mask,
                                           positions=sources["positions"], radius=radius)
     if phot is not None:
@@ -607,6 +211,133 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
     else:
         out["detection"] = {"n_detected": int(len(found))}
     return out
+
+
+def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, config):
+    """Aperture radius, reference fluxes and their S/N at the measured sources."""
+    radius = aperture_radius(fwhm, factor=config.aperture_fwhm)
+    ref_flux = aperture_fluxes(reference - background, positions, radius=radius)
+    return {"positions": positions, "radius": radius, "reference": ref_flux,
+            "snr": aperture_snr(ref_flux, radius=radius, sigma=sigma, gain=gain)}
+
+
+def _baseline_denoisers(noise: NoiseModel, config: EvaluateConfig) -> dict:
+    """{name: function of an image} for the classical baselines of ``config.baselines``."""
+
+    def one(name):
+        if name == "gaussian":
+            return lambda image: gaussian_smooth(image, sigma=config.gaussian_sigma)
+        return lambda image: denoise(name, image, noise)
+
+    return {name: one(name) for name in config.baselines}
+
+
+def _model_denoisers(models: dict[str, str], denoised: dict[str, str], noise: NoiseModel) -> dict:
+    """{method: function of an image} denoising as the predict step did: the checkpoint,
+    this exposure's normalisation, and the predict settings recorded in the method's
+    denoised store (precision, averaging, flux restoration; run here on threads, on the
+    GPU when this job has one)."""
+    known = {f.name for f in dataclasses.fields(PredictConfig)}
+    out = {}
+    for name, checkpoint in models.items():
+        recorded = {}
+        if name in denoised and Path(denoised[name]).exists():
+            attrs = io.open_zarr_image(denoised[name]).attrs
+            recorded = dict(attrs.get("provenance_predict", {}).get("predict_config", {}))
+        # Where it ran is not what it computed: this job runs on its own threads, on the GPU
+        # when it has one (Execution's defaults), whatever node or cluster predict used.
+        settings = {k: v for k, v in recorded.items() if k in known}
+        norm = exposure_normalisation(load_normalisation(str(checkpoint)), noise)
+        out[name] = functools.partial(_denoise_with, checkpoint=str(checkpoint), norm=norm,
+                                      config=PredictConfig.from_dict(settings))
+    return out
+
+
+def _denoise_with(image: np.ndarray, *, checkpoint: str, norm, config) -> np.ndarray:
+    """``image`` denoised by a checkpoint, tile by tile as predict does, in this process."""
+    tiles = predict_tiles(image, checkpoint, norm=norm, config=config, execution=Execution())
+    return np.asarray(tiles.compute(scheduler="threads"))
+
+
+def _read_exposure(input_zarr: str) -> dict:
+    """The ingested exposure: data, header, flagged pixels (bad), its store's attributes."""
+    array = io.open_zarr_image(input_zarr)
+    data = array[...]
+    flags = io.open_zarr_array(input_zarr, "mask")
+    bad = ~np.isfinite(data) | ((flags[...] != 0) if flags is not None else False)
+    return {"name": Path(input_zarr).stem, "data": data, "header": io.header_from_attrs(array.attrs),
+            "bad": bad, "attrs": dict(array.attrs)}
+
+
+def _reference(exposure: dict, *, sky: dict, psf, truth_fits, catalog, stack, config) -> dict:
+    """What the scores are measured against: ``truth`` (the noise-free image, a deep
+    stack or None), the ``sources`` to measure and their photometry set-up ``phot``."""
+    data, header = exposure["data"], exposure["header"]
+    truth = io.read_fits_image(truth_fits)[0] if truth_fits else None
+    if truth is None and stack is not None:
+        truth = stack["image"]
+        sources = _stack_sources(stack, sky["background"], header, config, psf)
+    else:
+        stack = None
+        sources = _sources(catalog, data, sky["background"], sky["mask"], header, config, psf)
+    phot = None
+    if len(sources["positions"]):
+        phot = _photometry_setup(truth if truth is not None else data, sky["background"],
+                                 sources["positions"], fwhm=sources["fwhm"], sigma=sky["noise"].sigma,
+                                 gain=sky["noise"].gain, config=config)
+    return {"truth": truth, "stack": stack, "sources": sources, "phot": phot}
+
+
+def _score_all(images: dict, data: np.ndarray, *, sky: dict, ref: dict, config) -> dict:
+    """Scores of every image kind on the same pixels and sources, and their gains over the
+    input (RMS ratio, PSNR gain); with a truth also PSNR without the cosmic-ray pixels."""
+    background, mask, noise, truth = sky["background"], sky["mask"], sky["noise"], ref["truth"]
+    input_power = power_spectrum(data, background=background, mask=mask)[1]
+    scores = {}
+    for name, img in images.items():
+        scores[name] = score_image(img, background=background, mask=mask, truth=truth, phot=ref["phot"])
+        scores[name] |= _structure_scores(img, data=data, background=background, mask=mask,
+                                          sigma=noise.sigma, phot=ref["phot"], sources=ref["sources"],
+                                          config=config, input_power=input_power)
+    if truth is not None:
+        # Cosmic rays are in the input, not in the reference: they dominate its MSE, and a
+        # method that merely removes them would win on PSNR alone. Also scored without them.
+        hits = outlier_pixels(data, truth, sky=noise.sky, sigma=noise.sigma, gain=noise.gain)
+        for name, img in images.items():
+            scores[name]["psnr_clean"] = psnr(np.where(hits, np.nan, img), truth)
+        scores["input"]["outlier_fraction"] = float(hits.mean())
+    for s in scores.values():
+        s["rms_ratio"] = scores["input"]["rms_blank"] / s["rms_blank"]
+        if truth is not None:
+            s["psnr_gain"] = s["psnr"] - scores["input"]["psnr"]
+            s["psnr_clean_gain"] = s["psnr_clean"] - scores["input"]["psnr_clean"]
+    return scores
+
+
+def _repaired_pixels(denoised: dict[str, str]) -> dict[str, int]:
+    """Per method, the pixels the predict step took for cosmic rays or hot pixels and filled."""
+    out = {}
+    for name, path in denoised.items():
+        repaired = io.open_zarr_array(path, "repaired")
+        if repaired is not None:
+            out[name] = int(np.nansum(repaired[...]))
+    return out
+
+
+def _injection(exposure: dict, *, sky: dict, psf, ref: dict, images: dict, baselines: dict, models: dict,
+               config: EvaluateConfig) -> dict | None:
+    """The injection-recovery block (:func:`astrodenoise.inject.injection_recovery`)."""
+    if config.inject_count <= 0:
+        return None
+    phot, sources = ref["phot"], ref["sources"]
+    radius = phot["radius"] if phot else aperture_radius(sources["fwhm"], factor=config.aperture_fwhm)
+    runners = {"input": lambda image: image} | baselines | models
+    return injection_recovery(
+        exposure["data"], runners, name=exposure["name"], background=sky["background"], mask=sky["mask"],
+        bad=exposure["bad"], noise=sky["noise"], psf=psf, zeropoint=sources["zeropoint"], radius=radius,
+        fwhm=sources["fwhm"], count=config.inject_count, region=config.inject_region,
+        seed=config.inject_seed, detect_threshold=config.detect_threshold, match_radius=config.match_radius,
+        known={k: images[k] for k in ("input", *baselines)})
 
 
 def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_json: str,
@@ -630,72 +361,42 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
 
     Writes ``out_json`` (metrics, see module docstring) and ``out_png`` (cutouts).
     """
-    array = io.open_zarr_image(input_zarr)
-    data, header = array[...], io.header_from_attrs(array.attrs)
-    flags = io.open_zarr_array(input_zarr, "mask")
-    bad = ~np.isfinite(data) | ((flags[...] != 0) if flags is not None else False)
-    measured = io.read_json(noise_json)
+    exposure = _read_exposure(input_zarr)
+    data, header = exposure["data"], exposure["header"]
+    noise = read_noise_model(noise_json)
     background, rms = estimate_background(data)
-    mask = source_mask(data, background, rms)
-    psf = measure_psf(data, background, sigma=float(measured["sigma"]), bad=bad,
+    sky = {"background": background, "mask": source_mask(data, background, rms), "noise": noise}
+    psf = measure_psf(data, background, sigma=noise.sigma, bad=exposure["bad"],
                       fwhm_guess=float(header.get("FWHM", config.default_fwhm)))
-    baselines = _baseline_denoisers(measured, config)
+    baselines = _baseline_denoisers(noise, config)
     images = {"input": data} | {name: run(data) for name, run in baselines.items()}
     images |= {name: io.open_zarr_image(path)[...] for name, path in denoised.items()}
-    truth = io.read_fits_image(truth_fits)[0] if truth_fits else None
-    if truth is None and stack is not None:
-        truth = stack["image"]
-        sources = _stack_sources(stack, background, header, config, psf)
-    else:
-        stack = None
-        sources = _sources(catalog, data, background, mask, header, config, psf)
-    reference = truth if truth is not None else data
-    phot = None
-    if len(sources["positions"]):
-        phot = _photometry_setup(reference, background, sources["positions"], fwhm=sources["fwhm"],
-                                 sigma=measured["sigma"], gain=exposure_gain(measured),
-                                 config=config)
-    input_power = power_spectrum(data, background=background, mask=mask)[1]
-    scores = {}
-    for name, img in images.items():
-        scores[name] = score_image(img, background=background, mask=mask, truth=truth, phot=phot)
-        scores[name] |= _structure_scores(img, data=data, background=background, mask=mask,
-                                          sigma=measured["sigma"], phot=phot, sources=sources,
-                                          config=config, input_power=input_power)
-    if truth is not None:
-        # Cosmic rays are in the input, not in the reference: they dominate its MSE, and a
-        # method that merely removes them would win on PSNR alone. Also scored without them.
-        hits = outlier_pixels(data, truth, sky=measured["sky_level"], sigma=measured["sigma"],
-                              gain=exposure_gain(measured))
-        for name, img in images.items():
-            scores[name]["psnr_clean"] = psnr(np.where(hits, np.nan, img), truth)
-        scores["input"]["outlier_fraction"] = float(hits.mean())
-    for name, path in denoised.items():
-        # Pixels the predict step took for cosmic rays or hot pixels and filled.
-        repaired = io.open_zarr_array(path, "repaired")
-        if repaired is not None:
-            scores[name]["repaired_pixels"] = int(np.nansum(repaired[...]))
-    for s in scores.values():
-        s["rms_ratio"] = scores["input"]["rms_blank"] / s["rms_blank"]
-        if truth is not None:
-            s["psnr_gain"] = s["psnr"] - scores["input"]["psnr"]
-            s["psnr_clean_gain"] = s["psnr_clean"] - scores["input"]["psnr_clean"]
-    injection = None
-    if config.inject_count > 0:
-        injection = _injection_recovery(
-            data, name=Path(input_zarr).stem, background=background, mask=mask, bad=bad, measured=measured,
-            psf=psf, zeropoint=sources["zeropoint"],
-            radius=phot["radius"] if phot else max(1.5, config.aperture_fwhm * sources["fwhm"]),
-            fwhm=sources["fwhm"], images=images, baselines=baselines,
-            models=_model_denoisers({m: c for m, c in (models or {}).items() if m in denoised},
-                                    denoised, measured),
-            config=config)
-    _figure(images, measured["sigma"], config.cutout, out_png)
-    _gallery(images, phot, measured["sigma"], gallery_path(out_png))
-    result = {
-        "exposure": Path(input_zarr).stem, "has_truth": truth is not None and stack is None,
-        "photometry_reference": ("truth" if stack is None else f"stack of {stack['n']} other exposures")
-        if truth is not None else "input",
+    ref = _reference(exposure, sky=sky, psf=psf, truth_fits=truth_fits, catalog=catalog, stack=stack,
+                     config=config)
+    scores = _score_all(images, data, sky=sky, ref=ref, config=config)
+    for name, count in _repaired_pixels(denoised).items():
+        scores[name]["repaired_pixels"] = count
+    models = _model_denoisers({m: c for m, c in (models or {}).items() if m in denoised}, denoised, noise)
+    injection = _injection(exposure, sky=sky, psf=psf, ref=ref, images=images, baselines=baselines,
+                           models=models, config=config)
+    write_cutouts(images, noise.sigma, config.cutout, out_png)
+    write_gallery(images, ref["phot"], gallery_path(out_png))
+    result = _result(exposure, ref, scores=scores, injection=injection, psf=psf, denoised=denoised,
+                     config=config)
+    io.write_json(out_json, result)
+    return result
+
+
+def _result(exposure: dict, ref: dict, *, scores, injection, psf, denoised, config) -> dict:
+    """The evaluate JSON of one exposure: what was measured against what, the scores, the
+    injection block, and where it all came from."""
+    truth, stack, phot, sources = ref["truth"], ref["stack"], ref["phot"], ref["sources"]
+    header, attrs = exposure["header"], exposure["attrs"]
+    reference = ("truth" if stack is None else f"stack of {stack['n']} other exposures") \
+        if truth is not None else "input"
+    return {
+        "exposure": exposure["name"], "has_truth": truth is not None and stack is None,
+        "photometry_reference": reference,
         "reference_sigma": stack["sigma"] if stack else 0.0 if truth is not None else None,
         "n_sources": int(len(sources["positions"])), "aperture_radius": phot["radius"] if phot else None,
         "baselines": list(config.baselines), "methods": list(denoised),
@@ -704,34 +405,9 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
         "scores": scores, "injection": injection, "config": dataclasses.asdict(config),
         "code_version": code_version(),
         "object": str(header.get("OBJECT", "")), "filter": str(header.get("FILTER", "")),
-        "has_wcs": bool(array.attrs.get("has_wcs", True)),
-        "source_file": array.attrs.get("source_file"), "source_sha256": array.attrs.get("source_sha256"),
+        "has_wcs": bool(attrs.get("has_wcs", True)),
+        "source_file": attrs.get("source_file"), "source_sha256": attrs.get("source_sha256"),
     }
-    io.write_json(out_json, result)
-    return result
-
-
-def _onto_grid(image: np.ndarray, header, entry: dict, target_header, target_entry: dict,
-               shape: tuple[int, int]) -> np.ndarray | None:
-    """``image`` (exposure j) on the pixel grid of exposure i, from their registrations.
-
-    Both registered by an offset to the field's reference: j moves by the difference of
-    the rounded offsets (pixels moved, no interpolation). Otherwise j is resampled onto
-    i's WCS. None when either is unregistered.
-    """
-    from .register import _shift_integer
-
-    methods = {entry["method"], target_entry["method"]}
-    if "unregistered" in methods:
-        return None
-    if "reproject" not in methods:
-        offset = [round(a) - round(b) for a, b in zip(entry["offset"], target_entry["offset"], strict=True)]
-        return _shift_integer(image, offset, shape)
-    from reproject import reproject_interp
-
-    resampled, _ = reproject_interp((image, io.celestial_wcs(header)), io.celestial_wcs(target_header),
-                                    shape_out=shape)
-    return resampled.astype(np.float32)
 
 
 def _field_exposures(images: list[str], noise_files: list[str]) -> list[dict]:
@@ -743,7 +419,7 @@ def _field_exposures(images: list[str], noise_files: list[str]) -> list[dict]:
         if mask is not None:
             data = np.where(mask[...] != 0, np.nan, data)
         out.append({"name": Path(path).stem, "data": data, "header": io.header_from_attrs(array.attrs),
-                    "sigma": io.read_json(noise_json)["sigma"]})
+                    "sigma": read_noise_model(noise_json).sigma})
     return out
 
 
@@ -767,7 +443,7 @@ def leave_one_out_stack(images: list[str], noise_files: list[str], registration:
     for j, other in enumerate(exposures):
         if j == target or other["name"] not in entries:
             continue
-        moved = _onto_grid(other["data"], other["header"], entries[other["name"]], goal["header"],
+        moved = onto_grid(other["data"], other["header"], entries[other["name"]], goal["header"],
                            entries[goal["name"]], goal["data"].shape)
         if moved is not None:
             layers.append(moved)
@@ -807,3 +483,4 @@ def evaluate_field(images: list[str], noise_files: list[str], denoised: dict[str
             catalog=catalog, stack=stack, models=models, config=config))
         log.info("[%d/%d] %s evaluated", i + 1, len(images), name)
     return results
+

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
+from .fields import group_by_header
 from .provenance import code_version
 
 __all__ = ["IngestConfig", "ingest", "exposure_name", "check_fits_signature", "discover_exposures",
@@ -266,8 +267,6 @@ def discover_exposures(path: str = "", *, sheet: str = "", sidecars: list[str] =
 
 
 def _group_from_headers(exposures: dict[str, dict[str, str]], hdu) -> None:
-    from .register import group_by_header
-
     headers, shapes = {}, {}
     for name, entry in exposures.items():
         header = io.read_fits_header(entry["path"], hdu=hdu)

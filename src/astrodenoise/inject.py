@@ -4,9 +4,8 @@ Artificial point sources of known flux, shaped by the PSF measured from the expo
 own stars, are added to blank sky of the noisy input; the injected exposure goes
 through each denoiser exactly as the original did, and the sources are looked for again.
 
-- :func:`measure_psf` builds an effective PSF (photutils ``EPSFBuilder``) from bright,
-  isolated, unflagged, point-like sources; with too few stars, a Gaussian of the header
-  (or configured) FWHM, said so in the result.
+The PSF is the exposure's own (:func:`astrodenoise.psf.measure_psf`).
+
 - :func:`plan_injection` draws positions in blank sky (away from every source of the
   input's mask and from each other, so that no two stamps overlap) and magnitudes
   uniform from 4 mag brighter to 1 mag fainter than the exposure's 5-sigma point-source
@@ -27,141 +26,26 @@ bin, and the 50% and 90% completeness magnitudes.
 
 from __future__ import annotations
 
-import warnings
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
-from astropy.nddata import NDData
-from astropy.stats import mad_std
-from astropy.table import Table
-from photutils.psf import EPSFBuilder, extract_stars
-from photutils.segmentation import SourceCatalog, SourceFinder
-from photutils.utils.exceptions import NoDetectionsWarning
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
-__all__ = ["PSF", "measure_psf", "gaussian_psf", "plan_injection", "inject", "recover",
-           "summarise_recovery", "completeness_magnitude"]
+from .detection import completeness_magnitude, detect, near
+from .noise_model import NoiseModel
+from .photometry import (
+    aperture_fluxes,
+    aperture_fraction,
+    aperture_snr,
+    magnitude_bins,
+    median_se,
+    snr_classes,
+)
+from .psf import PSF
+from .sources import with_photon_noise
 
-#: S/N classes of injected sources, as in the catalogue photometry of the evaluate step.
-BRIGHT_SNR, FAINT_SNR = 50.0, (5.0, 20.0)
-
-
-@dataclass(frozen=True)
-class PSF:
-    """A PSF stamp (odd side, sum 1), its FWHM in pixels and where it came from."""
-
-    stamp: np.ndarray
-    fwhm: float
-    n_stars: int
-    method: str
-
-    def describe(self) -> dict:
-        return {"fwhm": round(self.fwhm, 3), "n_stars": self.n_stars, "method": self.method,
-                "size": int(self.stamp.shape[0])}
-
-
-def _stamp_fwhm(stamp: np.ndarray) -> float:
-    """FWHM (pixels) of a PSF stamp from the area above half its maximum (a Gaussian fit
-    reads a Moffat's wings as width: +11% on the demo's stars)."""
-    return float(2 * np.sqrt((stamp >= stamp.max() / 2).sum() / np.pi))
-
-
-def gaussian_psf(fwhm: float, *, size: int | None = None) -> np.ndarray:
-    """A circular Gaussian stamp of ``fwhm`` pixels, odd side (about 6 FWHM), sum 1."""
-    half = max(7, int(np.ceil(3 * fwhm))) if size is None else size // 2
-    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
-    psf = np.exp(-(xx**2 + yy**2) / (2 * (fwhm / 2.3548) ** 2))
-    return psf / psf.sum()
-
-
-def measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: np.ndarray | None = None,
-                fwhm_guess: float = 3.5, min_stars: int = 4, max_stars: int = 40) -> PSF:
-    """Effective PSF of an exposure from its own stars (photutils ``EPSFBuilder``).
-
-    Candidates are sources of the image filtered by a Gaussian of ``fwhm_guess`` above 5
-    sigma, with at least 20 times the noise of their segment, away from flagged pixels
-    (``bad``: saturated, no data), from the edge and from other sources by half a stamp.
-    Cosmic rays are dropped (a peak pixel whose four direct neighbours do not all reach
-    a quarter of it: any PSF sampled by 2 pixels or more per FWHM does), then galaxies
-    (stars are the most compact of what is left: peak over flux within 35% of that of
-    the most compact quarter). The stamp is about 6 times the FWHM (at least 15 pixels).
-    When the measured FWHM is far (30%) from the guess, the measurement is made again
-    with it as the guess, so that the filter and the stamp fit the stars. With fewer
-    than ``min_stars`` candidates (or if the builder fails), a Gaussian of
-    ``fwhm_guess`` pixels, said so in ``method``.
-    """
-    psf = _measure_psf(data, background, sigma=sigma, bad=bad, fwhm_guess=fwhm_guess,
-                       min_stars=min_stars, max_stars=max_stars)
-    if psf.n_stars and abs(psf.fwhm / fwhm_guess - 1) > 0.3:
-        again = _measure_psf(data, background, sigma=sigma, bad=bad, fwhm_guess=psf.fwhm,
-                             min_stars=min_stars, max_stars=max_stars)
-        if again.n_stars:
-            return again
-    return psf
-
-
-def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: np.ndarray | None,
-                 fwhm_guess: float, min_stars: int, max_stars: int) -> PSF:
-    """One pass of :func:`measure_psf` with a given FWHM guess."""
-    residual = np.nan_to_num(data - background)
-    filtered = ndimage.gaussian_filter(residual, fwhm_guess / 2.3548)
-    half = max(7, int(np.ceil(3 * fwhm_guess)))
-    size = 2 * half + 1
-    gaussian = f"Gaussian of FWHM {fwhm_guess:.2f} px"
-    fallback = PSF(gaussian_psf(fwhm_guess), fwhm_guess, 0, f"{gaussian} (too few stars)")
-    threshold = 5 * float(mad_std(filtered[np.isfinite(data)]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NoDetectionsWarning)  # no stars: the fallback says so
-        segments = SourceFinder(n_pixels=5, deblend=False, progress_bar=False)(filtered, threshold)
-    if segments is None:
-        return fallback
-    cat = SourceCatalog(residual, segments, convolved_data=filtered)
-    x, y = np.asarray(cat.x_centroid, float), np.asarray(cat.y_centroid, float)
-    flux, area = np.asarray(cat.segment_flux, float), np.asarray(cat.area.value, float)
-    fwhm = np.asarray(cat.fwhm.value, float)
-    ny, nx = data.shape
-    ok = (flux > 20 * sigma * np.sqrt(area)) & np.isfinite(fwhm)
-    ok &= (x > half + 1) & (x < nx - half - 2) & (y > half + 1) & (y < ny - half - 2)
-    if len(x) > 1:
-        dist, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
-        ok &= dist[:, 1] > half
-    if bad is not None and ok.any():
-        grown = ndimage.binary_dilation(bad, iterations=half)
-        ok &= ~grown[np.round(y).astype(int).clip(0, ny - 1), np.round(x).astype(int).clip(0, nx - 1)]
-    # Cosmic rays fail the neighbour test across their width, even as a track.
-    compactness = np.zeros(len(x))
-    for i in np.flatnonzero(ok):
-        yc, xc = int(round(y[i])), int(round(x[i]))
-        window = residual[yc - 2:yc + 3, xc - 2:xc + 3]
-        py, px = np.unravel_index(np.argmax(window), window.shape)
-        py, px = py + yc - 2, px + xc - 2
-        peak = residual[py, px]
-        cross = min(residual[py - 1, px], residual[py + 1, px], residual[py, px - 1], residual[py, px + 1])
-        if cross < 0.25 * peak:
-            ok[i] = False
-        compactness[i] = peak / flux[i]
-    # Galaxies spread their flux: stars are the most compact of what is left.
-    if ok.sum() >= min_stars:
-        top = np.sort(compactness[ok])[::-1][:max(3, ok.sum() // 4)]
-        ok &= compactness >= 0.65 * np.median(top)
-    pick = np.flatnonzero(ok)
-    if len(pick) < min_stars:
-        return fallback
-    pick = pick[np.argsort(-flux[pick])][:max_stars]
-    stars = extract_stars(NDData(residual), Table({"x": x[pick], "y": y[pick]}), size=size)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence chatter of the builder
-            epsf, _ = EPSFBuilder(oversampling=1, maxiters=5, progress_bar=False)(stars)
-    except Exception as error:  # noqa: BLE001 - any builder failure falls back, and says why
-        return PSF(fallback.stamp, fwhm_guess, 0, f"{gaussian} (EPSF failed: {error})")
-    stamp = np.clip(np.asarray(epsf.data, float), 0, None)
-    if stamp.shape[0] % 2 == 0 or stamp.sum() <= 0:
-        return fallback
-    stamp /= stamp.sum()
-    return PSF(stamp, _stamp_fwhm(stamp), len(pick), f"EPSF of {len(pick)} stars")
+__all__ = ["exposure_seed", "plan_injection", "inject", "recover", "injection_recovery",
+           "summarise_recovery"]
 
 
 def exposure_seed(name: str, seed: int) -> int:
@@ -194,7 +78,7 @@ def plan_injection(shape: tuple[int, int], blocked: np.ndarray, psf: PSF, *, sig
     if n_blank < count and nodata is not None:
         _choose(chosen, nodata, half, count, rng)
     positions = np.array(chosen, float).reshape(-1, 2)
-    ap_fraction = _aperture_fraction(psf, radius)
+    ap_fraction = aperture_fraction(psf.stamp, radius)
     m5 = zeropoint - 2.5 * np.log10(5 * sigma * np.sqrt(np.pi * radius**2) / ap_fraction)
     mag = rng.uniform(m5 - bright, m5 + faint, size=len(positions))
     return {"positions": positions, "mag": mag, "flux": 10 ** (-0.4 * (mag - zeropoint)),
@@ -220,15 +104,6 @@ def _choose(chosen: list[tuple[int, int]], blocked: np.ndarray, half: int, count
             chosen.append((x, y))
 
 
-def _aperture_fraction(psf: PSF, radius: float) -> float:
-    """Share of the PSF's flux inside a circular aperture of ``radius`` at its centre."""
-    from photutils.aperture import CircularAperture, aperture_photometry
-
-    half = psf.stamp.shape[0] // 2
-    table = aperture_photometry(psf.stamp, CircularAperture([(half, half)], r=radius))
-    return float(table["aperture_sum"][0])
-
-
 def inject(data: np.ndarray, psf: PSF, plan: dict, *, gain: float | None,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``data`` with the planned sources added; returns (injected, noise-free model).
@@ -242,8 +117,7 @@ def inject(data: np.ndarray, psf: PSF, plan: dict, *, gain: float | None,
     half = psf.stamp.shape[0] // 2
     for (x, y), flux in zip(plan["positions"].astype(int), plan["flux"], strict=True):
         model[y - half:y + half + 1, x - half:x + half + 1] += flux * psf.stamp
-    noise = rng.standard_normal(data.shape) * np.sqrt(model / gain) if gain else 0.0
-    return (data + model + noise).astype(np.float32), model.astype(np.float32)
+    return (data + with_photon_noise(model, gain=gain, rng=rng)).astype(np.float32), model.astype(np.float32)
 
 
 def recover(original: np.ndarray, injected: np.ndarray, model: np.ndarray, plan: dict, *,
@@ -257,54 +131,61 @@ def recover(original: np.ndarray, injected: np.ndarray, model: np.ndarray, plan:
     detection of the injected image within ``match_radius`` pixels where the original
     image had none (an artefact already there does not count as a recovery).
     """
-    from .evaluate import aperture_fluxes
-
     positions = plan["positions"]
     true_flux = aperture_fluxes(model, positions, radius=radius)
     got = aperture_fluxes(np.nan_to_num(injected - original), positions, radius=radius)
-    found = _near(found_injected, positions, match_radius) & ~_near(found_original, positions, match_radius)
+    found = near(found_injected, positions, match_radius) & ~near(found_original, positions, match_radius)
     return {"flux_ratio": [round(float(v), 6) for v in got / true_flux - 1], "found": found.tolist()}
 
 
-def _near(points: np.ndarray, positions: np.ndarray, radius: float) -> np.ndarray:
-    """Bool per position: some point lies within ``radius`` of it."""
-    if not len(points) or not len(positions):
-        return np.zeros(len(positions), bool)
-    dist, _ = cKDTree(points).query(positions, k=1)
-    return dist <= radius
+def _central_box(shape: tuple[int, int], region: int) -> tuple[slice, slice]:
+    """The central ``region`` x ``region`` square of an image (all of a smaller one)."""
+    (ny, nx), (hy, hx) = shape, (min(shape[0], region), min(shape[1], region))
+    y0, x0 = (ny - hy) // 2, (nx - hx) // 2
+    return np.s_[y0:y0 + hy, x0:x0 + hx]
 
 
-def completeness_magnitude(mags: np.ndarray, found: np.ndarray, level: float, *, bin_width: float = 0.5,
-                           min_sources: int = 5) -> float | None:
-    """Magnitude where the binned completeness first falls below ``level`` (linear
-    between bin centres); None when it never does or no bin has ``min_sources``."""
-    if not len(mags):
-        return None
-    edges = np.arange(np.floor(mags.min() / bin_width) * bin_width, mags.max() + bin_width, bin_width)
-    centres, frac = [], []
-    for lo in edges[:-1]:
-        pick = (mags >= lo) & (mags < lo + bin_width)
-        if pick.sum() >= min_sources:
-            centres.append(lo + bin_width / 2)
-            frac.append(found[pick].mean())
-    for i, f in enumerate(frac):
-        if f < level:
-            if i == 0:
-                return None
-            c0, c1, f0 = centres[i - 1], centres[i], frac[i - 1]
-            return float(c0 + (c1 - c0) * (f0 - level) / (f0 - f))
-    return None
+def injection_recovery(data: np.ndarray, runners: dict, *, name: str, background: np.ndarray,
+                       mask: np.ndarray, bad: np.ndarray, noise: NoiseModel, psf: PSF, zeropoint: float,
+                       radius: float, fwhm: float, count: int, region: int, seed: int,
+                       detect_threshold: float, match_radius: float, known: dict | None = None) -> dict:
+    """Inject point sources of known flux into the input's blank sky, denoise the injected
+    image with every method, and measure each source's recovered flux and detection.
 
-
-def _median_se(values: np.ndarray, rng: np.random.Generator,
-               n_boot: int = 400) -> tuple[float | None, float | None]:
-    """Median and its bootstrap standard error (None below three values)."""
-    if not len(values):
-        return None, None
-    if len(values) < 3:
-        return float(np.median(values)), None
-    boot = np.median(rng.choice(values, size=(n_boot, len(values))), axis=1)
-    return float(np.median(values)), float(np.std(boot))
+    Works on the central ``region`` square. ``runners`` maps each image kind to a
+    function of an image (the denoiser, ``lambda image: image`` for the input); each
+    runs on the region with and without the sources, and the difference is measured
+    (:func:`recover`); ``known`` may give the "without" of deterministic kinds when the
+    region is the whole image. ``mask`` is the input's source mask, ``bad`` its flagged
+    pixels; ``radius`` the photometry aperture and ``match_radius`` (in FWHM) the
+    detection match radius. Returns the per-source table (positions, magnitudes, true
+    S/N) and, per kind, flux ratios and found flags.
+    """
+    box = _central_box(data.shape, region)
+    y0, x0, hy, hx = box[0].start, box[1].start, box[0].stop - box[0].start, box[1].stop - box[1].start
+    rng = np.random.default_rng(exposure_seed(name, seed))
+    plan = plan_injection((hy, hx), mask[box], psf, sigma=noise.sigma, zeropoint=zeropoint, radius=radius,
+                          count=count, rng=rng, nodata=bad[box])
+    block = {"region": [int(y0), int(x0), int(hy), int(hx)], "psf": psf.describe(), "m5": plan["m5"],
+             "zeropoint": zeropoint, "radius": radius, "gain": noise.gain, "seed": exposure_seed(name, seed),
+             "n": int(len(plan["positions"])), "methods": {}}
+    if not block["n"]:
+        return block | {"note": "no blank sky to inject into"}
+    injected, model = inject(data[box], psf, plan, gain=noise.gain, rng=rng)
+    true_flux = aperture_fluxes(model, plan["positions"], radius=radius)
+    snr = aperture_snr(true_flux, radius=radius, sigma=noise.sigma, gain=noise.gain)
+    block |= {"x": (plan["positions"][:, 0] + x0).tolist(), "y": (plan["positions"][:, 1] + y0).tolist(),
+              "mag": [round(float(m), 4) for m in plan["mag"]], "snr": [round(float(v), 3) for v in snr],
+              "on_source": int(plan["on_source"].sum())}
+    whole = (hy, hx) == data.shape
+    for kind, run in runners.items():
+        original = known[kind] if whole and known and kind in known else run(data[box])
+        out = run(injected)
+        found = [detect(img, background=background[box], mask=mask[box], threshold=detect_threshold,
+                        fwhm=fwhm)[0] for img in (original, out)]
+        block["methods"][kind] = recover(original, out, model, plan, radius=radius, found_original=found[0],
+                                         found_injected=found[1], match_radius=match_radius * fwhm)
+    return block
 
 
 def summarise_recovery(per_exposure: list[dict], method: str, *, bin_width: float = 0.5) -> dict | None:
@@ -330,14 +211,13 @@ def summarise_recovery(per_exposure: list[dict], method: str, *, bin_width: floa
     mags, snr, ratio, found = (np.concatenate(v) for v in (mags, snr, ratio, found))
     rng = np.random.default_rng(0)
     out = {"n": int(len(mags))}
-    for cls, pick in (("bright", snr > BRIGHT_SNR), ("faint", (snr > FAINT_SNR[0]) & (snr < FAINT_SNR[1]))):
-        bias, se = _median_se(ratio[pick], rng)
+    for cls, pick in snr_classes(snr).items():
+        bias, se = median_se(ratio[pick], rng)
         out[f"{cls}_bias"], out[f"{cls}_se"], out[f"{cls}_n"] = bias, se, int(pick.sum())
     out["m50"] = completeness_magnitude(mags, found, 0.5, bin_width=bin_width)
     out["m90"] = completeness_magnitude(mags, found, 0.9, bin_width=bin_width)
     bins = []
-    start = np.floor(mags.min() / bin_width) * bin_width
-    for lo in np.arange(start, mags.max() + bin_width, bin_width):
+    for lo in magnitude_bins(mags, bin_width):
         pick = (mags >= lo) & (mags < lo + bin_width)
         if pick.sum():
             bins.append({"mag": round(float(lo + bin_width / 2), 3), "n": int(pick.sum()),

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.stats import SigmaClip, mad_std, sigma_clipped_stats
-from photutils.background import Background2D, MADStdBackgroundRMS, MedianBackground
-from photutils.segmentation import detect_sources
+from astropy.stats import mad_std, sigma_clipped_stats
 from scipy import ndimage
 
 from . import io
+from .alignment import load_aligned
 from .provenance import code_version
+from .sky import estimate_background, source_mask
 
-__all__ = ["NoiseConfig", "estimate_background", "source_mask", "estimate_noise", "noise",
-           "overscan_level", "mean_variance_curve", "pair_mean_variance_curve",
-           "fit_poisson_gaussian", "survey_noise", "mean_variance_figure", "noise_survey",
-           "pixel_sigma", "exposure_gain"]
+__all__ = ["NoiseConfig", "estimate_noise", "effective_gain", "noise", "overscan_level",
+           "mean_variance_curve", "pair_mean_variance_curve", "fit_poisson_gaussian", "survey_noise",
+           "mean_variance_figure", "noise_survey", "noise_autocorrelation", "pattern_noise"]
 
 
 @dataclass(frozen=True)
@@ -48,53 +47,6 @@ class NoiseConfig:
     @classmethod
     def from_dict(cls, values: dict) -> NoiseConfig:
         return cls(**values)
-
-
-def estimate_background(data: np.ndarray, *, box_size: int = 64, filter_size: int = 3, mask=None):
-    """Return the sky background and its RMS maps, both (ny, nx) float32 in data units.
-
-    Parameters
-    ----------
-    data : (ny, nx) float32; NaN = no data
-    box_size : mesh size in pixels, clipped to the image size
-    mask : (ny, nx) bool, optional; True = pixel excluded (e.g. sources)
-    """
-    nodata = ~np.isfinite(data)
-    if mask is not None:
-        nodata = nodata | mask
-    box = int(min(box_size, *data.shape))
-    # Crowded fields and nebulae leave few clean meshes: accept more masked pixels per
-    # mesh before falling back to one sigma-clipped level for the whole image.
-    for exclude in (50.0, 90.0):
-        try:
-            bkg = Background2D(
-                data, box, filter_size=filter_size, mask=nodata,
-                sigma_clip=SigmaClip(sigma=3.0, maxiters=10),
-                bkg_estimator=MedianBackground(), bkg_rms_estimator=MADStdBackgroundRMS(),
-                exclude_percentile=exclude,
-            )
-        except ValueError:
-            continue
-        return bkg.background.astype(np.float32), bkg.background_rms.astype(np.float32)
-    _, median, std = sigma_clipped_stats(data[~nodata], sigma=3.0, maxiters=10)
-    return np.full(data.shape, median, np.float32), np.full(data.shape, std, np.float32)
-
-
-def source_mask(data: np.ndarray, background: np.ndarray, rms: np.ndarray, *,
-                detect_sigma: float = 2.0, dilate: int = 4) -> np.ndarray:
-    """Return a bool mask, True on sources (and their dilated wings) and on no-data pixels.
-
-    Sources are connected groups of at least 5 pixels above ``detect_sigma * rms``
-    after light 3x3 smoothing, which catches faint extended sources.
-    """
-    residual = np.nan_to_num(data - background, nan=0.0)
-    smoothed = ndimage.uniform_filter(residual, 3)
-    # A 3x3 mean lowers the noise by 3; keep the threshold in units of the smoothed noise.
-    segments = detect_sources(smoothed, detect_sigma * rms / 3.0, n_pixels=5)
-    mask = np.zeros(data.shape, bool) if segments is None else segments.data > 0
-    if dilate:
-        mask = ndimage.binary_dilation(mask, iterations=dilate)
-    return mask | ~np.isfinite(data)
 
 
 def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: np.ndarray | None = None,
@@ -128,61 +80,82 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: 
     ``sigma_from_weight`` (median 1/sqrt(ivar) over blank sky) and ``weight_agreement``
     (measured sigma over it: 1 when the weight map is right).
     """
-    overscan = overscan_level(data, header)
-    section = _section(header, "TRIMSEC", data.shape) or _section(header, "DATASEC", data.shape)
-    if bad is not None:
-        data = np.where(bad, np.nan, data).astype(np.float32)
-    if section is not None and overscan is not None:
-        # A raw frame with its overscan: measure the sky and noise on the light-sensitive part.
-        data = data[section]
-        ivar = None if ivar is None else ivar[section]
-    background, rms = estimate_background(data, box_size=config.box_size,
-                                          filter_size=config.filter_size)
-    mask = source_mask(data, background, rms, detect_sigma=config.detect_sigma,
-                       dilate=config.dilate)
-    # A second pass with sources masked gives a background not pulled up by wings.
-    background, rms = estimate_background(data, box_size=config.box_size,
-                                          filter_size=config.filter_size, mask=mask)
-    residual = data - background
-    sigma = float(mad_std(residual[~mask], ignore_nan=True))
-    if not np.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"measured noise sigma is {sigma}: the image has no usable blank sky "
-                         "(a constant or empty image?)")
-    sky_level = float(np.nanmedian(background))
-    gain, read_noise = _header_float(header, "GAIN"), _header_float(header, "RDNOISE")
+    data, ivar, overscan = _light_sensitive(data, header=header, bad=bad, ivar=ivar)
+    residual, mask, rms, sky_level, sigma = _blank_sky(data, config)
     bias = overscan["bias"] if overscan else 0.0
-    expected = None
-    if gain and read_noise is not None and sky_level > bias:
-        expected = float(np.sqrt((sky_level - bias) * gain + read_noise**2) / gain)
     correlation = noise_autocorrelation(residual, mask)
     pattern = pattern_noise(residual, mask, sigma=sigma)
     fit = fit_poisson_gaussian(mean_variance_curve(data), bias=bias)
     used_gain, gain_source = effective_gain(header, sky_level=sky_level, bias=bias, sigma=sigma, fit=fit)
-    weight_sigma = None
-    if ivar is not None:
-        usable = ~mask & (ivar > 0)
-        weight_sigma = float(np.median(1.0 / np.sqrt(ivar[usable]))) if usable.any() else None
     return {
         "sky_level": sky_level,
         "sky_rms": float(np.nanmedian(rms)),
         "sigma": sigma,
         "blank_fraction": float((~mask).mean()),
         "nan_fraction": float((~np.isfinite(data)).mean()),
-        "header_gain": gain,
-        "header_read_noise": read_noise,
+        **_header_checks(header, sky_level=sky_level, overscan=overscan),
         "gain": used_gain,
         "gain_source": gain_source,
-        "sigma_from_header": expected,
         "overscan": overscan,
-        "read_noise_overscan": (overscan["read_noise_adu"] * gain) if overscan and gain else None,
         "poisson_gaussian": fit,
         "autocorrelation": correlation,
         "correlated": bool(max(abs(correlation["x"]), abs(correlation["y"])) > config.correlation_limit),
         "pattern": pattern,
         "banding": _banding(pattern),
-        "sigma_from_weight": weight_sigma,
-        "weight_agreement": sigma / weight_sigma if weight_sigma else None,
+        **_weight_check(ivar, mask, sigma),
     }
+
+
+def _light_sensitive(data: np.ndarray, *, header, bad, ivar):
+    """(data, ivar, overscan): flagged pixels NaN, cropped to TRIMSEC/DATASEC when the
+    frame carries its overscan (BIASSEC), whose bias and read noise are measured first."""
+    overscan = overscan_level(data, header)
+    section = _section(header, "TRIMSEC", data.shape) or _section(header, "DATASEC", data.shape)
+    if bad is not None:
+        data = np.where(bad, np.nan, data).astype(np.float32)
+    if section is not None and overscan is not None:
+        data = data[section]
+        ivar = None if ivar is None else ivar[section]
+    return data, ivar, overscan
+
+
+def _blank_sky(data: np.ndarray, config: NoiseConfig):
+    """(residual, source mask, background RMS map, sky level, sigma) of one image.
+
+    The background is measured twice, the second time with the sources masked, so that
+    it is not pulled up by their wings; sigma is the robust std of source-free sky."""
+    background, rms = estimate_background(data, box_size=config.box_size, filter_size=config.filter_size)
+    mask = source_mask(data, background, rms, detect_sigma=config.detect_sigma, dilate=config.dilate)
+    background, rms = estimate_background(data, box_size=config.box_size, filter_size=config.filter_size,
+                                          mask=mask)
+    residual = data - background
+    sigma = float(mad_std(residual[~mask], ignore_nan=True))
+    if not np.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"measured noise sigma is {sigma}: the image has no usable blank sky "
+                         "(a constant or empty image?)")
+    return residual, mask, rms, float(np.nanmedian(background)), sigma
+
+
+def _header_checks(header, *, sky_level: float, overscan: dict | None) -> dict:
+    """Header GAIN and RDNOISE, the sigma they predict at the sky, and the overscan read
+    noise in electrons: cross-checks of the measurement (None where a keyword is missing)."""
+    gain, read_noise = _header_float(header, "GAIN"), _header_float(header, "RDNOISE")
+    bias = overscan["bias"] if overscan else 0.0
+    expected = None
+    if gain and read_noise is not None and sky_level > bias:
+        expected = float(np.sqrt((sky_level - bias) * gain + read_noise**2) / gain)
+    return {"header_gain": gain, "header_read_noise": read_noise, "sigma_from_header": expected,
+            "read_noise_overscan": (overscan["read_noise_adu"] * gain) if overscan and gain else None}
+
+
+def _weight_check(ivar: np.ndarray | None, mask: np.ndarray, sigma: float) -> dict:
+    """The sigma a weight map claims over blank sky and the measured sigma over it."""
+    weight_sigma = None
+    if ivar is not None:
+        usable = ~mask & (ivar > 0)
+        weight_sigma = float(np.median(1.0 / np.sqrt(ivar[usable]))) if usable.any() else None
+    return {"sigma_from_weight": weight_sigma,
+            "weight_agreement": sigma / weight_sigma if weight_sigma else None}
 
 
 #: BUNIT values of data in detector counts, where the header GAIN (e- per count) applies.
@@ -226,24 +199,6 @@ def effective_gain(header: fits.Header | None, *, sky_level: float, bias: float,
     if fit.get("reliable") and fit.get("gain"):
         return float(fit["gain"]), f"Poisson-Gaussian fit ({source})"
     return None, f"none ({source})"
-
-
-def pixel_sigma(mean: np.ndarray, *, sky: float, sigma: float, gain: float | None) -> np.ndarray:
-    """Per-pixel noise sigma (data units) of an exposure whose expected value is ``mean``:
-    ``sqrt(sigma^2 + (mean - sky) / gain)``, the blank-sky noise plus the photon noise of
-    the signal above the sky (none below it, nor without a gain). NaN in ``mean`` counts
-    as sky."""
-    signal = np.clip(np.nan_to_num(np.asarray(mean, dtype=np.float64) - sky), 0, None)
-    return np.sqrt(sigma**2 + signal / gain) if gain else np.full(signal.shape, float(sigma))
-
-
-def exposure_gain(measured: dict) -> float | None:
-    """The gain of a noise-step JSON: its ``gain`` (:func:`effective_gain`); in files
-    written before that key existed, the header gain, else a reliable fit."""
-    if "gain" in measured:
-        return measured["gain"]
-    fit = measured.get("poisson_gaussian") or {}
-    return measured.get("header_gain") or (fit.get("gain") if fit.get("reliable") else None)
 
 
 def _header_float(header: fits.Header | None, key: str) -> float | None:
@@ -588,8 +543,6 @@ def noise_survey(images: list[str], noise_files: list[str], fields: list[str], *
     and field of each exposure); ``registrations`` (register step) align each field's
     exposures before they are paired. Writes ``out_json`` and ``out_png`` atomically.
     """
-    from .register import load_aligned
-
     per_exposure = [io.read_json(p) for p in noise_files]
     grouped: dict[str, list[np.ndarray]] = {}
     for loaded in load_aligned(images, fields, registrations):

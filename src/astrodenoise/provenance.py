@@ -24,9 +24,9 @@ STEP_VERSIONS = {
     "ingest": 1,
     "noise": 2,
     "register": 1,
-    "train": 3,
-    "predict": 4,
-    "evaluate": 5,
+    "train": 4,
+    "predict": 5,
+    "evaluate": 6,
     "report": 5,
 }
 

@@ -88,6 +88,12 @@ def step_config(step, drop=()):
     return json.dumps({k: v for k, v in config[step].items() if k not in drop}, sort_keys=True)
 
 
+# How steps run (tile size, workers, device, scheduler) as JSON, used in shell commands as
+# {EXECUTION[predict]}: not a params entry, so changing it reruns nothing (Snakemake
+# compares a rule's shell command before formatting, and its params).
+EXECUTION = {step: json.dumps(values, sort_keys=True) for step, values in config["execution"].items()}
+
+
 def field_exposures(field):
     """Exposures of one field, in a stable order (the first is the registration reference)."""
     return FIELD_EXPOSURES[field]

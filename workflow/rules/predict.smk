@@ -12,6 +12,7 @@ def _predict_commands():
         " --noise {input.noise:q}/{wildcards.exposure:q}.json"
         f" --model {{input.models[{i}]:q}} --out-zarr {{output.zarr[{i}]:q}}"
         f" --out-fits {{output.fits[{i}]:q}} --threads {{threads}} --config {{params.cfg:q}}"
+        " --execution {EXECUTION[predict]:q}"
         for i in range(len(METHODS))
     )
 

@@ -1,0 +1,108 @@
+"""Aperture photometry as the evaluation, injection-recovery and training probe measure it.
+
+One place for the aperture sums, their S/N, the aperture radius rule, the bright and
+faint S/N classes, the flux bias statistics and the magnitude bins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.stats import mad_std
+from photutils.aperture import CircularAperture, aperture_photometry
+
+__all__ = ["BRIGHT_SNR", "FAINT_SNR", "aperture_radius", "aperture_fluxes", "aperture_fraction",
+           "aperture_weights", "aperture_snr", "snr_classes", "flux_bias", "magnitude_bins",
+           "photometry_by_magnitude", "median_se"]
+
+#: S/N classes of sources, by the S/N of the reference (or the true S/N of an injected
+#: source): bright above ``BRIGHT_SNR``, faint between the two ``FAINT_SNR`` bounds.
+BRIGHT_SNR, FAINT_SNR = 50.0, (5.0, 20.0)
+
+
+def aperture_radius(fwhm: float, *, factor: float = 1.0) -> float:
+    """Aperture radius in pixels: ``factor`` times the PSF ``fwhm``, at least 1.5 pixels."""
+    return max(1.5, factor * fwhm)
+
+
+def aperture_fluxes(image: np.ndarray, positions: np.ndarray, *, radius: float) -> np.ndarray:
+    """Sum of ``image`` in circular apertures; ``positions`` (n, 2) as (x, y), 0-based."""
+    table = aperture_photometry(np.nan_to_num(image), CircularAperture(positions, r=radius))
+    return np.asarray(table["aperture_sum"], dtype=float)
+
+
+def aperture_weights(half: int, radius: float) -> np.ndarray:
+    """(2 half + 1)^2 float weights of a circular aperture of ``radius`` at the stamp's
+    centre (the exact overlap of each pixel, as photutils' aperture sums weigh them)."""
+    size = 2 * half + 1
+    return CircularAperture((half, half), r=radius).to_mask(method="exact").to_image((size, size))
+
+
+def aperture_fraction(stamp: np.ndarray, radius: float) -> float:
+    """Share of a centred (odd-sided) stamp's flux inside a circular aperture of ``radius``."""
+    half = stamp.shape[0] // 2
+    return float(aperture_fluxes(stamp, np.array([[half, half]]), radius=radius)[0])
+
+
+def aperture_snr(flux: np.ndarray, *, radius: float, sigma: float, gain: float | None) -> np.ndarray:
+    """S/N of aperture sums ``flux``: the variance is the sky noise over the aperture plus
+    the source's photon noise (``flux / gain``, data units; none without a gain)."""
+    variance = np.pi * radius**2 * sigma**2 + np.clip(flux, 0, None) / (gain or np.inf)
+    return flux / np.sqrt(variance)
+
+
+def snr_classes(snr: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"bright": bool mask, "faint": bool mask}`` of the S/N classes (:data:`BRIGHT_SNR`,
+    :data:`FAINT_SNR`)."""
+    snr = np.asarray(snr, dtype=float)
+    return {"bright": snr > BRIGHT_SNR, "faint": (snr > FAINT_SNR[0]) & (snr < FAINT_SNR[1])}
+
+
+def flux_bias(flux: np.ndarray, reference: np.ndarray, snr: np.ndarray) -> dict:
+    """Median fractional flux bias and robust scatter for bright and faint sources."""
+    out = {}
+    for name, pick in snr_classes(snr).items():
+        pick = pick & (reference > 0)
+        ratio = (flux[pick] - reference[pick]) / reference[pick]
+        out[name] = {
+            "n": int(pick.sum()),
+            "bias": float(np.median(ratio)) if pick.any() else None,
+            "scatter": float(mad_std(ratio)) if pick.sum() > 2 else None,
+        }
+    return out
+
+
+def magnitude_bins(mags: np.ndarray, width: float) -> np.ndarray:
+    """Lower edges of bins of ``width`` magnitudes, on multiples of ``width``, from the
+    brightest to the faintest of ``mags`` (every value falls in one ``[lo, lo + width)``)."""
+    mags = np.asarray(mags, dtype=float)
+    mags = mags[np.isfinite(mags)]
+    if not len(mags):
+        return np.empty(0)
+    start = np.floor(mags.min() / width) * width
+    count = int(np.floor((mags.max() - start) / width)) + 1
+    return start + width * np.arange(count)
+
+
+def photometry_by_magnitude(flux: np.ndarray, reference: np.ndarray, mag: np.ndarray, *,
+                            bin_width: float) -> list[dict]:
+    """Median fractional flux bias and robust scatter per magnitude bin (brightest first)."""
+    good = (reference > 0) & np.isfinite(mag) & np.isfinite(flux)
+    ratio = (flux - reference) / np.where(reference > 0, reference, 1.0)
+    rows = []
+    for lo in magnitude_bins(mag[good], bin_width):
+        pick = good & (mag >= lo) & (mag < lo + bin_width)
+        if pick.sum() >= 3:
+            rows.append({"mag": round(float(lo + bin_width / 2), 3), "n": int(pick.sum()),
+                         "bias": float(np.median(ratio[pick])), "scatter": float(mad_std(ratio[pick]))})
+    return rows
+
+
+def median_se(values: np.ndarray, rng: np.random.Generator,
+              n_boot: int = 400) -> tuple[float | None, float | None]:
+    """Median and its bootstrap standard error (None below three values)."""
+    if not len(values):
+        return None, None
+    if len(values) < 3:
+        return float(np.median(values)), None
+    boot = np.median(rng.choice(values, size=(n_boot, len(values))), axis=1)
+    return float(np.median(values)), float(np.std(boot))

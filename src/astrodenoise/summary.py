@@ -1,0 +1,146 @@
+"""The survey's numbers: the evaluations of every exposure pooled into one row per image
+kind, the injection-recovery pooled per kind, and the verdicts drawn from them.
+
+:mod:`astrodenoise.report` renders these; ``summary.json`` holds them as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .detection import depth90, pool_detection_bins
+from .inject import summarise_recovery
+
+__all__ = ["BIAS_LIMIT", "kinds", "summarise", "summarise_injection", "verdicts", "reference_kind"]
+
+#: Photometric bias (fraction of the flux, bright or faint sources) beyond which a
+#: result is flagged: a denoiser that shifts fluxes by more than 1% changes the science.
+BIAS_LIMIT = 0.01
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _standard_error(values) -> float | None:
+    """Standard error of the mean of ``values`` (None entries dropped; None below two)."""
+    values = [v for v in values if v is not None]
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+
+
+def kinds(evaluations: list[dict]) -> list[str]:
+    """Image kinds in reading order: the noisy input, the baselines, then the models."""
+    first = evaluations[0]
+    baselines = first.get("baselines", [k for k in first["scores"] if k == "gaussian"])
+    models = [k for k in first["scores"] if k != "input" and k not in baselines]
+    return ["input", *baselines, *models]
+
+
+def _detection_summary(scores: list[dict]) -> dict:
+    detections = [s["detection"] for s in scores if "detection" in s]
+    with_bins = [d["bins"] for d in detections if "bins" in d]
+    pooled = pool_detection_bins(with_bins) if with_bins else []
+    return {"depth90": depth90(pooled) if pooled else None,
+            "complete90": depth90(pooled, purity=False) if pooled else None,
+            "n_detected": sum(d["n_detected"] for d in detections) if detections else None,
+            "n_false": sum(d["n_false"] for d in detections if "n_false" in d) if with_bins else None,
+            "detection_bins": pooled}
+
+
+def summarise(evaluations: list[dict]) -> list[dict]:
+    """One row per image kind: means over exposures of each score, pooled detection.
+
+    PSNR, SSIM, RMS and flux biases are means of the per-exposure values (the biases
+    with the standard error of that mean, ``bright_se``/``faint_se``);
+    completeness and purity are pooled (counts summed over exposures) before the 90%
+    depth is read off; ``n_false`` (detections matching no catalogue source) is summed.
+    ``flag_bright``/``flag_faint`` mark |bias| > :data:`BIAS_LIMIT`.
+    """
+    rows = []
+    for kind in kinds(evaluations):
+        scores = [e["scores"][kind] for e in evaluations if kind in e["scores"]]
+        row = {"method": kind, "n_exposures": len(scores),
+               "role": "input" if kind == "input" else
+               ("baseline" if kind in evaluations[0].get("baselines", ["gaussian"]) else "model")}
+        for key in ("rms_blank", "rms_ratio", "psnr", "psnr_gain", "psnr_clean", "psnr_clean_gain", "ssim"):
+            row[key] = _mean(s.get(key) for s in scores)
+        for cls in ("bright", "faint"):
+            biases = [s.get("photometry", {}).get(cls, {}).get("bias") for s in scores]
+            row[f"{cls}_bias"], row[f"{cls}_se"] = _mean(biases), _standard_error(biases)
+            row[f"{cls}_n"] = sum(s.get("photometry", {}).get(cls, {}).get("n", 0) for s in scores)
+            row[f"flag_{cls}"] = row[f"{cls}_bias"] is not None and abs(row[f"{cls}_bias"]) > BIAS_LIMIT
+        row["flag"] = row["flag_bright"] or row["flag_faint"]
+        row["residual_source"] = _mean(s.get("residual", {}).get("source_mean") for s in scores)
+        row |= _detection_summary(scores)
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["depth_gain"] = (row["depth90"] - base["depth90"]
+                             if row["depth90"] is not None and base["depth90"] is not None else None)
+        row["complete_gain"] = (row["complete90"] - base["complete90"]
+                                if row["complete90"] is not None and base["complete90"] is not None else None)
+        row["extra_false"] = (row["n_false"] - base["n_false"]
+                              if row["n_false"] is not None and base["n_false"] is not None else None)
+    return rows
+
+
+def summarise_injection(evaluations: list[dict], kinds: list[str]) -> list[dict]:
+    """One row per image kind of the injection-recovery test, sources pooled over exposures.
+
+    :func:`astrodenoise.inject.summarise_recovery` per kind: flux bias of bright and faint
+    injected sources with bootstrap standard errors, 50% and 90% completeness magnitudes
+    relative to each exposure's 5-sigma limit (``m50``, ``m90``) and, per magnitude bin,
+    completeness and bias; plus the gain of ``m50``/``m90`` over the input and
+    ``flag_bright``/``flag_faint`` for |bias| > :data:`BIAS_LIMIT`. Empty when no
+    evaluation has injected sources.
+    """
+    blocks = [e.get("injection") for e in evaluations]
+    rows = []
+    for kind in kinds:
+        pooled = summarise_recovery(blocks, kind)
+        if pooled:
+            rows.append({"method": kind} | pooled)
+    base = next((r for r in rows if r["method"] == "input"), None)
+    for row in rows:
+        for key in ("m50", "m90"):
+            row[f"{key}_gain"] = (row[key] - base[key] if base and row[key] is not None
+                                  and base[key] is not None else None)
+        for cls in ("bright", "faint"):
+            row[f"flag_{cls}"] = row[f"{cls}_bias"] is not None and abs(row[f"{cls}_bias"]) > BIAS_LIMIT
+    return rows
+
+
+def verdicts(rows: list[dict], injection: list[dict] = ()) -> list[dict]:
+    """For each model: the best classical baseline and whether the model beats it.
+
+    The baseline is ranked by PSNR without cosmic-ray pixels where a reference exists
+    (all-pixel PSNR would reward removing cosmic rays alone), else by blank-sky RMS
+    ratio; a model "beats" it when its score is higher. A model is "biased" when a flux
+    bias of :func:`summarise` (sources of the reference) or of
+    :func:`summarise_injection` (injected sources) exceeds :data:`BIAS_LIMIT`.
+    """
+    injected = {r["method"]: r for r in injection}
+    baselines = [r for r in rows if r["role"] == "baseline"]
+    key = next((k for k in ("psnr_clean", "psnr") if all(r.get(k) is not None for r in rows)), "rms_ratio")
+    best = max(baselines, key=lambda r: r[key], default=None)
+    out = []
+    for row in (r for r in rows if r["role"] == "model"):
+        delta = row[key] - best[key] if best else None
+        inj = injected.get(row["method"], {})
+        out.append({"method": row["method"], "baseline": best["method"] if best else None,
+                    "metric": key, "delta": delta, "beats": delta is not None and delta > 0,
+                    "biased": row["flag"] or bool(inj.get("flag_bright") or inj.get("flag_faint")),
+                    "bright_bias": row["bright_bias"], "faint_bias": row["faint_bias"],
+                    "injected_bright_bias": inj.get("bright_bias"),
+                    "injected_faint_bias": inj.get("faint_bias")})
+    return out
+
+
+def reference_kind(evaluations: list[dict]) -> str:
+    """What the scores were measured against: ``truth``, a leave-one-out ``stack`` or ``input``."""
+    if all(e.get("has_truth") for e in evaluations):
+        return "truth"
+    if any(str(e.get("photometry_reference", "")).startswith("stack") for e in evaluations):
+        return "stack"
+    return "input"
