@@ -15,10 +15,15 @@ import pytest
 import torch
 from astropy.io import fits
 from astropy.wcs import WCS
+from scipy import ndimage
 
 from astrodenoise import io
+from astrodenoise.denoise import load_model, load_normalisation
 from astrodenoise.model import UNet, UNetConfig
+from astrodenoise.noise_model import NoiseModel
+from astrodenoise.sampling import Exposure
 from astrodenoise.simulate import SimulationConfig, write_demo_survey
+from astrodenoise.transform import Normalisation
 
 #: The real FITS images (outside the repository, never committed): ../shared/data/real.
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -32,6 +37,13 @@ DEMO_CONFIG = SimulationConfig(
     n_fields=1, n_exposures=3, size=128, seed=7, cosmic_rays_per_mpix=0.0,
     star_density=200.0, galaxy_density=60.0, mag_range=(15.0, 25.0),
 )
+
+#: Sky level and blank-sky noise sigma (ADU) of the synthetic images of the predict, tiling,
+#: denoise, restore, inject and psf tests.
+SKY, SIGMA = 100.0, 3.0
+
+#: The side of the exposures the alignment and register tests cut from one sky (shared_sky, sky_cutout).
+SIZE = 200
 
 
 @dataclass(frozen=True)
@@ -169,3 +181,64 @@ def make_checkpoint():
 def tiny_unet() -> UNetConfig:
     """UNetConfig(depth=2, channels=4)."""
     return TINY_UNET
+
+
+# Helpers shared by the tests of two or more modules. Each keeps the name it had in the one test
+# file it came from, so that the tests that call it read as they did there.
+
+
+def ramp(shape=(32, 40)):
+    """A linear ramp from 0 to 10 over ``shape`` (data range exactly 10): metrics, evaluate."""
+    return np.linspace(0.0, 10.0, shape[0] * shape[1]).reshape(shape)
+
+
+def training_exposure(name, field, data, sky=100.0, sigma=3.0, **noise):
+    """A training exposure with the noise ``sky``, ``sigma`` and ``noise``: sampling, train."""
+    return Exposure(name=name, field=field, data=data, noise=NoiseModel(sky=sky, sigma=sigma, **noise))
+
+
+def linear_norm(scale: float, offset: float = SKY) -> Normalisation:
+    """The linear map of ``scale`` at sky level ``offset``: denoise, tiling, predict."""
+    return Normalisation("linear", offset=offset, scale=scale)
+
+
+def checkpoint_norm(checkpoint, offset=SKY) -> Normalisation:
+    """The linear map of a (linear) checkpoint at sky level ``offset``."""
+    return Normalisation("linear", offset=offset, scale=float(load_normalisation(str(checkpoint))["scale"]))
+
+
+def gat_checkpoint(tmp_path, tiny_checkpoint):
+    """``tiny_checkpoint`` saved as a GAT model of survey gain 2 e-/ADU: transform, tiling, predict."""
+    checkpoint = io.load_checkpoint(tiny_checkpoint)
+    checkpoint["normalisation"] |= {"kind": "gat", "gain": 2.0}
+    io.save_checkpoint(tmp_path / "gat.pt", checkpoint)
+    return tmp_path / "gat.pt"
+
+
+def shared_sky(seed: int = 0, size: int = SIZE + 60) -> np.ndarray:
+    """A noise-free star field larger than the exposures cut from it."""
+    rng = np.random.default_rng(seed)
+    sky = np.zeros((size, size))
+    ys, xs = rng.integers(3, size - 3, (2, 120))
+    sky[ys, xs] = rng.uniform(200, 3000, 120)
+    return ndimage.gaussian_filter(sky, 1.5) + 100.0
+
+
+def sky_cutout(sky: np.ndarray, y: int, x: int, *, seed: int, banding: float = 0.0) -> np.ndarray:
+    """The SIZE x SIZE exposure of ``sky`` at (y, x), with noise and row banding: alignment, register."""
+    rng = np.random.default_rng(seed)
+    image = sky[y:y + SIZE, x:x + SIZE] + rng.normal(0, 3.0, (SIZE, SIZE))
+    image += rng.normal(0, banding, (SIZE, 1))  # row banding, different in every frame
+    return image.astype(np.float32)
+
+
+@pytest.fixture
+def _fresh_model_cache():
+    """load_model caches on the path; start and end every test with an empty cache.
+
+    Used by every test of the files that load models (denoise, tiling, predict) through their
+    ``pytestmark``.
+    """
+    load_model.cache_clear()
+    yield
+    load_model.cache_clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astrodenoise.baselines import DENOISERS, denoise
+from astrodenoise.baselines import DENOISERS, denoise, gaussian_smooth
 from astrodenoise.noise_model import NoiseModel
 
 
@@ -52,3 +52,28 @@ def test_baseline_keeps_nan_as_no_data(poisson_field, name):
 def test_unknown_baseline_raises(star_field):
     with pytest.raises(ValueError, match="unknown"):
         denoise("wavelets", star_field.data, _noise_model(star_field))
+
+
+def test_gaussian_baseline_lowers_rms_and_keeps_nan():
+    rng = np.random.default_rng(3)
+    image = 10.0 + rng.normal(0.0, 1.0, (128, 128))
+    image[40, 40] = np.nan
+
+    smooth = gaussian_smooth(image, sigma=1.0)
+
+    assert smooth.dtype == np.float32
+    assert np.isnan(smooth[40, 40])
+    assert np.isfinite(smooth).sum() == image.size - 1  # neighbours of the NaN stay finite
+    # White noise smoothed by a unit Gaussian: std falls by 2 * sqrt(pi) = 3.54.
+    assert np.nanstd(smooth) == pytest.approx(1.0 / (2 * np.sqrt(np.pi)), rel=0.1)
+    assert np.nanmean(smooth) == pytest.approx(10.0, abs=0.05)
+
+
+def test_gaussian_baseline_next_to_nan_is_a_weighted_mean_of_valid_pixels():
+    image = np.full((16, 16), 3.0)
+    image[:, :8] = np.nan
+
+    smooth = gaussian_smooth(image, sigma=2.0)
+
+    np.testing.assert_allclose(smooth[:, 8:], 3.0, rtol=1e-6)
+    assert np.isnan(smooth[:, :8]).all()

@@ -1,60 +1,21 @@
-"""Tests of exposure grouping and registration (astrodenoise.register)."""
+"""Tests of astrodenoise.register (and the grouping of astrodenoise.fields): a field on one grid."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from astropy.io import fits
-from scipy import ndimage
 
 from astrodenoise import io
-from astrodenoise.alignment import align_to_reference, load_aligned, same_grid, xcorr_offset
+from astrodenoise.alignment import align_to_reference, load_aligned, same_grid
 from astrodenoise.fields import group_by_header
 from astrodenoise.register import register, register_field
-from conftest import REAL_DATA, tan_header
-
-SIZE = 200
-
-
-def _sky(seed: int = 0, size: int = SIZE + 60) -> np.ndarray:
-    """A noise-free star field larger than the exposures cut from it."""
-    rng = np.random.default_rng(seed)
-    sky = np.zeros((size, size))
-    ys, xs = rng.integers(3, size - 3, (2, 120))
-    sky[ys, xs] = rng.uniform(200, 3000, 120)
-    return ndimage.gaussian_filter(sky, 1.5) + 100.0
-
-
-def _cut(sky: np.ndarray, y: int, x: int, *, seed: int, banding: float = 0.0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    image = sky[y:y + SIZE, x:x + SIZE] + rng.normal(0, 3.0, (SIZE, SIZE))
-    image += rng.normal(0, banding, (SIZE, 1))  # row banding, different in every frame
-    return image.astype(np.float32)
-
-
-@pytest.mark.parametrize("banding", [0.0, 4.0])
-def test_xcorr_recovers_the_offset_despite_banding(banding):
-    sky = _sky()
-    reference = _cut(sky, 30, 30, seed=1, banding=banding)
-    # Reference pixel (y, x) shows the sky of moved pixel (y + 7, x - 11): dy = -7, dx = +11.
-    moved = _cut(sky, 23, 41, seed=2, banding=banding)
-
-    match = xcorr_offset(reference, moved)
-
-    assert match["offset"] == pytest.approx((-7.0, 11.0), abs=0.3)
-    assert match["match"] > 0.5
-
-
-def test_xcorr_says_when_images_do_not_match():
-    reference = _cut(_sky(0), 30, 30, seed=1)
-    unrelated = _cut(_sky(5), 30, 30, seed=2)
-
-    assert xcorr_offset(reference, unrelated)["match"] < 0.35
+from conftest import REAL_DATA, SIZE, shared_sky, sky_cutout, tan_header
 
 
 def test_wcs_offset_is_used_when_both_have_a_wcs():
-    sky = _sky()
-    reference, moved = _cut(sky, 30, 30, seed=1), _cut(sky, 25, 34, seed=2)
+    sky = shared_sky()
+    reference, moved = sky_cutout(sky, 30, 30, seed=1), sky_cutout(sky, 25, 34, seed=2)
     header_ref = tan_header((SIZE, SIZE))
     header = tan_header((SIZE, SIZE))
     header["CRPIX1"] -= 4  # the same sky lands 4 pixels further left, 5 pixels lower
@@ -69,7 +30,7 @@ def test_wcs_offset_is_used_when_both_have_a_wcs():
 def test_other_grid_is_resampled_with_reproject():
     header_ref = tan_header((SIZE, SIZE))
     header = tan_header((SIZE, SIZE), scale_arcsec=0.4)
-    image = _cut(_sky(), 30, 30, seed=1)
+    image = sky_cutout(shared_sky(), 30, 30, seed=1)
 
     result = register_field([image, image], [header_ref, header])
     aligned = align_to_reference(image, header, result[1], ref_header=header_ref, ref_shape=(SIZE, SIZE))
@@ -77,16 +38,6 @@ def test_other_grid_is_resampled_with_reproject():
     assert not same_grid(io.celestial_wcs(header_ref), io.celestial_wcs(header))
     assert result[1]["method"] == "reproject" and result[1]["resampled"]
     assert aligned.shape == (SIZE, SIZE) and np.isfinite(aligned).mean() > 0.3
-
-
-def test_integer_alignment_moves_pixels_without_interpolation():
-    image = np.arange(20, dtype=np.float32).reshape(4, 5)
-
-    aligned = align_to_reference(image, None, {"method": "xcorr", "offset": (1.2, -2.4)},
-                                 ref_header=None, ref_shape=(4, 5))
-
-    np.testing.assert_array_equal(aligned[1:, :3], image[:3, 2:])
-    assert np.isnan(aligned[0]).all() and np.isnan(aligned[:, 3:]).all()
 
 
 def test_grouping_by_filter_and_footprint():
@@ -109,11 +60,11 @@ def test_grouping_by_filter_and_footprint():
 
 
 def test_register_and_load_aligned_put_a_field_on_one_grid(tmp_path):
-    sky = _sky()
+    sky = shared_sky()
     paths = []
     for i, (y, x) in enumerate([(30, 30), (27, 36)]):
         path = tmp_path / f"e{i}.zarr"
-        io.write_zarr_image(path, _cut(sky, y, x, seed=i), chunks=128,
+        io.write_zarr_image(path, sky_cutout(sky, y, x, seed=i), chunks=128,
                             attrs={"fits_header": fits.Header().tostring()},
                             extra={"mask": np.zeros((SIZE, SIZE), np.uint8)})
         paths.append(str(path))

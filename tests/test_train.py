@@ -1,4 +1,4 @@
-"""Tests of astrodenoise.train: blind-spot masks, determinism, N2N checks, learning."""
+"""Tests of astrodenoise.train: determinism, N2N checks, the flux probe and loss, learning."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from astrodenoise import io
-from astrodenoise.noise_model import NoiseModel
 from astrodenoise.photometry import aperture_radius
-from astrodenoise.sampling import Exposure, hide_lines, n2v_mask
 from astrodenoise.selection import PhotometryProbe
 from astrodenoise.sources import source_stamps
 from astrodenoise.train import (
@@ -26,16 +24,13 @@ from astrodenoise.train import (
     train,
     train_model,
 )
-from astrodenoise.transform import Normalisation, exposure_normalisation, stabilising
-
-
-def _exposure(name, field, data, sky=100.0, sigma=3.0, **noise):
-    return Exposure(name=name, field=field, data=data, noise=NoiseModel(sky=sky, sigma=sigma, **noise))
+from astrodenoise.transform import stabilising
+from conftest import training_exposure
 
 
 @pytest.fixture
 def n2v_exposures(make_image):
-    return [_exposure(f"e{i}", f"f{i}", make_image(64, seed=10 + i).data) for i in range(2)]
+    return [training_exposure(f"e{i}", f"f{i}", make_image(64, seed=10 + i).data) for i in range(2)]
 
 
 @pytest.fixture
@@ -53,71 +48,11 @@ def field_exposures(demo_survey):
     for name in demo_survey.fields["field00"]:
         data, _ = io.read_fits_image(demo_survey.root / "raw" / f"{name}.fits")
         measured = estimate_noise(data)
-        exposures.append(_exposure(name, "field00", data, measured["sky_level"], measured["sigma"]))
+        exposures.append(training_exposure(name, "field00", data, measured["sky_level"], measured["sigma"]))
     return exposures
 
 
-# --- the blind-spot mask ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape, neighbourhood", [
-    ((64, 8, 8), 5),
-    ((16, 16, 24), 3),
-    ((32, 5, 7), 5),
-    ((8, 32, 32), 7),
-])
-def test_n2v_mask_sources_in_window_inside_patch_never_the_target(shape, neighbourhood):
-    batch, ny, nx = shape
-    generator = torch.Generator().manual_seed(0)
-    half = neighbourhood // 2
-
-    b, target, source = n2v_mask(shape, fraction=1.0, neighbourhood=neighbourhood,
-                                 generator=generator)
-
-    ty, tx = target // nx, target % nx
-    sy, sx = source // nx, source % nx
-    assert b.shape == target.shape == source.shape == (batch * ny * nx,)
-    assert torch.all(source != target)
-    assert torch.all((sy >= 0) & (sy < ny) & (sx >= 0) & (sx < nx))
-    assert torch.all((ty >= 0) & (ty < ny) & (tx >= 0) & (tx < nx))
-    assert torch.all(((sy - ty).abs() <= half) & ((sx - tx).abs() <= half))
-    # Many draws land on the patch border, where the window is reflected.
-    border = (ty == 0) | (ty == ny - 1) | (tx == 0) | (tx == nx - 1)
-    assert border.sum() > 100
-
-
-def test_n2v_mask_uses_every_offset_of_the_window_but_the_centre():
-    generator = torch.Generator().manual_seed(1)
-    ny = nx = 32
-
-    _, target, source = n2v_mask((64, ny, nx), fraction=0.5, neighbourhood=5,
-                                 generator=generator)
-
-    ty, tx, sy, sx = target // nx, target % nx, source // nx, source % nx
-    interior = (ty >= 2) & (ty < ny - 2) & (tx >= 2) & (tx < nx - 2)
-    offsets = set(zip((sy - ty)[interior].tolist(), (sx - tx)[interior].tolist(), strict=True))
-    assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)} - {(0, 0)}
-
-
-@pytest.mark.parametrize("fraction, expected", [(0.02, 20), (0.0001, 1), (0.5, 512)])
-def test_n2v_mask_count_per_patch(fraction, expected):
-    b, _, _ = n2v_mask((3, 32, 32), fraction=fraction, neighbourhood=5,
-                       generator=torch.Generator().manual_seed(0))
-
-    assert torch.equal(torch.bincount(b), torch.full((3,), expected))
-
-
-def test_n2v_mask_same_generator_seed_same_mask():
-    first = n2v_mask((4, 16, 16), fraction=0.1, neighbourhood=5,
-                     generator=torch.Generator().manual_seed(7))
-    second = n2v_mask((4, 16, 16), fraction=0.1, neighbourhood=5,
-                      generator=torch.Generator().manual_seed(7))
-
-    for a, b in zip(first, second, strict=True):
-        assert torch.equal(a, b)
-
-
-# --- normalisation and config ----------------------------------------------------------
+# --- config ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -140,40 +75,6 @@ def test_train_config_round_trip(tiny_unet):
     assert TrainConfig.from_dict(config.to_dict()) == config
 
 
-# --- the Noise2Noise target ------------------------------------------------------------
-
-
-def _flat_field(values, sky=100.0):
-    """One field of flat exposures, exposure i at sky + values[i] (linear, unit scale)."""
-    return [_exposure(f"e{i}", "f", np.full((64, 64), sky + v, np.float32)) for i, v in enumerate(values)]
-
-
-@pytest.mark.parametrize("values", [(1.0, 2.0, 6.0), (1.0, 5.0), (0.0, 3.0, 4.0, 10.0)])
-def test_n2n_mean_target_is_the_mean_of_the_other_exposures(values):
-    exposures = _flat_field(values)
-    config = TrainConfig(method="n2n", patch_size=32, batch_size=12, n2n_target="mean")
-    norms = [Normalisation("linear", offset=100.0, scale=1.0) for _ in exposures]
-    sampler = make_sampler(exposures, norms, config, np.random.default_rng(0))
-
-    batch = sampler.batch()
-
-    inputs, targets = batch["inputs"][:, 0, 0], batch["targets"][:, 0, 0]
-    np.testing.assert_allclose(targets, (sum(values) - inputs) / (len(values) - 1), rtol=1e-6)
-    assert set(np.round(inputs, 3)) <= set(values)
-
-
-def test_n2n_one_target_is_another_exposure():
-    exposures = _flat_field((1.0, 2.0, 6.0))
-    config = TrainConfig(method="n2n", patch_size=32, batch_size=12, n2n_target="one")
-    norms = [Normalisation("linear", offset=100.0, scale=1.0) for _ in exposures]
-    sampler = make_sampler(exposures, norms, config, np.random.default_rng(0))
-
-    batch = sampler.batch()
-
-    inputs, targets = batch["inputs"][:, 0, 0], batch["targets"][:, 0, 0]
-    assert np.all(inputs != targets) and set(targets) <= {1.0, 2.0, 6.0}
-
-
 # --- input checks ----------------------------------------------------------------------
 
 
@@ -185,8 +86,8 @@ def test_n2n_without_field_of_two_exposures_raises(n2v_exposures, quick_config):
 
 
 def test_n2n_with_mismatched_shapes_in_a_field_raises(make_image, quick_config):
-    exposures = [_exposure("a", "f", make_image(64, seed=1).data),
-                 _exposure("b", "f", make_image((64, 96), seed=2).data)]
+    exposures = [training_exposure("a", "f", make_image(64, seed=1).data),
+                 training_exposure("b", "f", make_image((64, 96), seed=2).data)]
     config = dataclasses.replace(quick_config, method="n2n")
 
     with pytest.raises(ValueError, match="field f: exposures have different shapes"):
@@ -194,7 +95,7 @@ def test_n2n_with_mismatched_shapes_in_a_field_raises(make_image, quick_config):
 
 
 def test_exposure_smaller_than_patch_raises(make_image, quick_config):
-    exposures = [_exposure("tiny", "f", make_image((24, 64), seed=1).data)]
+    exposures = [training_exposure("tiny", "f", make_image((24, 64), seed=1).data)]
 
     with pytest.raises(ValueError, match="tiny"):
         train_model(exposures, quick_config)
@@ -311,75 +212,7 @@ def test_train_step_needs_parallel_lists(quick_config, tmp_path):
               out_curve=str(tmp_path / "c"), config=quick_config)
 
 
-# --- variance-stabilising normalisation ------------------------------------------------
-
-
-def _poisson_gaussian(level_adu, *, gain=2.0, read_noise=5.0, n=200_000, seed=0):
-    rng = np.random.default_rng(seed)
-    return ((rng.poisson(level_adu * gain, n) + rng.normal(0.0, read_noise, n)) / gain).astype(np.float32)
-
-
-@pytest.mark.parametrize("source", [0.0, 10.0, 300.0, 5000.0])
-def test_gat_stabilises_variance_and_inverse_is_unbiased(source):
-    sky, gain, read_noise = 80.0, 2.0, 5.0
-    sigma = np.sqrt(sky * gain + read_noise**2) / gain
-    norm = Normalisation("gat", offset=sky, scale=sigma, gain=gain)
-
-    u, _ = norm.forward(_poisson_gaussian(sky + source, gain=gain, read_noise=read_noise))
-
-    assert np.std(u) == pytest.approx(1.0, abs=0.02)
-    recovered = norm.inverse(np.array([u.astype(np.float64).mean()]))[0]
-    assert recovered - (sky + source) == pytest.approx(0.0, abs=0.05 + 2e-5 * source)
-
-
-@pytest.mark.parametrize("kind, gain", [("linear", 0.0), ("gat", 1.5)])
-def test_normalisation_round_trip_keeps_values_and_marks_nan(kind, gain):
-    norm = Normalisation(kind, offset=50.0, scale=4.0, gain=gain)
-    data = np.array([[50.0, 60.0], [np.nan, 3000.0]], np.float32)
-
-    image, nodata = norm.forward(data)
-    back = norm.inverse(image)
-
-    assert image[0, 0] == pytest.approx(0.0, abs=1e-6) and image[1, 0] == 0.0
-    np.testing.assert_array_equal(nodata, [[False, False], [True, False]])
-    # The unbiased inverse differs from the algebraic one by a fraction of a count.
-    np.testing.assert_allclose(back[~nodata], data[~nodata], atol=0.2)
-
-
-def test_exposure_normalisation_reads_old_and_new_checkpoints():
-    noise = NoiseModel.from_json({"sky_level": 80.0, "sigma": 7.0, "header_gain": 2.0})
-
-    old = exposure_normalisation({"scale": 6.5, "offset": "sky_level"}, noise)
-    new = exposure_normalisation({"kind": "gat", "gain": 3.0}, noise)
-
-    assert old == Normalisation("linear", offset=80.0, scale=6.5)
-    assert new == Normalisation("gat", offset=80.0, scale=7.0, gain=2.0)
-
-
 # --- structured blind spot, flux probe and flux loss ------------------------------------
-
-
-@pytest.mark.parametrize("axis", ["x", "y"])
-def test_hide_lines_hides_the_line_never_the_target_value(axis):
-    ny = nx = 16
-    generator = torch.Generator().manual_seed(3)
-    values = torch.arange(4 * ny * nx, dtype=torch.float32).reshape(4, ny * nx)
-    b, target, _ = n2v_mask((4, ny, nx), fraction=1 / 256, neighbourhood=5, generator=generator)
-    flat = values.clone()
-
-    hide_lines(flat, b, target, shape=(ny, nx), axis=axis, half=2, generator=generator)
-
-    changed = (flat != values).reshape(4, ny, nx)
-    ty, tx = target // nx, target % nx
-    for i, y, x in zip(b.tolist(), ty.tolist(), tx.tolist(), strict=True):
-        assert not changed[i, y, x]
-        line = changed[i, y, max(0, x - 2):x + 3] if axis == "x" else changed[i, max(0, y - 2):y + 3, x]
-        assert line.sum() >= min(line.numel() - 1, 2)
-        # No hidden pixel took the target's own (original) value.
-        assert not (flat[i] == values[i, y * nx + x]).sum() > 1
-    ys, xs = np.nonzero(changed.any(0).numpy())
-    near = [(abs(y - ty) <= 2) & (abs(x - tx) <= 2) for y, x in zip(ys, xs, strict=True)]
-    assert all(bool(n.any()) for n in near)
 
 
 @pytest.mark.parametrize("correlation, setting, expected", [
@@ -388,7 +221,8 @@ def test_hide_lines_hides_the_line_never_the_target_value(axis):
 ])
 def test_blind_line_axis_follows_the_noise_correlation(make_image, correlation, setting, expected):
     correlated = max(map(abs, correlation)) > 0.1  # the noise step's flag at its default limit
-    exposures = [_exposure("e", "f", make_image(64).data, correlation=correlation, correlated=correlated)]
+    exposures = [training_exposure("e", "f", make_image(64).data, correlation=correlation,
+                                   correlated=correlated)]
     config = TrainConfig(method="n2v", blind_spot=setting)
 
     assert blind_line_axis(exposures, config) == expected
@@ -396,7 +230,8 @@ def test_blind_line_axis_follows_the_noise_correlation(make_image, correlation, 
 
 def _gat_exposures(make_image, n=2):
     images = [make_image(96, sky=200.0, gain=2.0, read_noise=5.0, n_stars=25, seed=20 + i) for i in range(n)]
-    return [_exposure(f"e{i}", "f", im.data, im.sky, im.sigma, gain=im.gain) for i, im in enumerate(images)]
+    return [training_exposure(f"e{i}", "f", im.data, im.sky, im.sigma, gain=im.gain)
+            for i, im in enumerate(images)]
 
 
 class _Scaled(torch.nn.Module):

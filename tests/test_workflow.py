@@ -69,6 +69,17 @@ def test_dry_run_shows_the_whole_chain(tmp_path):
         assert rule in result.stdout
 
 
+def test_a_setting_of_the_old_layout_names_where_it_moved(tmp_path):
+    config = TINY | {"predict": {"tile": 64}, "train": TINY["train"] | {"correlation_limit": 0.2}}
+
+    result = run_snakemake(tmp_path, config, "-n")
+
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "predict.tile is now execution.predict.tile" in text
+    assert "train.correlation_limit is now noise.correlation_limit" in text
+
+
 @pytest.mark.slow
 def test_report_is_html_with_embedded_figures(demo_run):
     workdir, result = demo_run

@@ -104,6 +104,10 @@ class Execution:
 
     @classmethod
     def from_dict(cls, values: dict) -> Execution:
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"execution.predict settings {unknown} unknown; use tile, workers, device, "
+                             "threads or scheduler (what predict computes goes in the predict block)")
         return cls(**values)
 
 

@@ -13,6 +13,18 @@ from astrodenoise.provenance import STEP_VERSIONS
 from astrodenoise.simulate import SimulationConfig, exposure_names
 
 
+def _check_moved_settings():
+    """Name the settings that moved, before the schema's bare 'additional property' error."""
+    moved = {("predict", key): f"execution.predict.{key}" for key in ("tile", "workers", "device", "scheduler")}
+    moved[("train", "correlation_limit")] = "noise.correlation_limit"
+    found = [f"{section}.{key} is now {new}" for (section, key), new in moved.items()
+             if key in (config.get(section) or {})]
+    if found:
+        raise WorkflowError("Config settings have moved: " + "; ".join(found) + ". Move them in your "
+                            "config file (config/config.yaml shows the layout).")
+
+
+_check_moved_settings()
 validate(config, "../schemas/config.schema.yaml")
 
 # Rules run `python -m astrodenoise`: without --use-conda the Python that runs Snakemake
