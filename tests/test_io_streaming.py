@@ -43,8 +43,8 @@ def test_streamed_fits_has_the_bytes_of_write_fits_image(tmp_path, header, block
 def test_streamed_fits_extensions_match_hdulist_writeto(tmp_path, header):
     rng = np.random.default_rng(1)
     data, err = (rng.normal(size=SHAPE).astype(np.float32) for _ in range(2))
-    expected = fits.HDUList([fits.PrimaryHDU(data, io._output_header(header, ["x"])),
-                             fits.ImageHDU(err, io._output_header(header), name="ERR")])
+    expected = fits.HDUList([fits.PrimaryHDU(data, io.output_header(header, ["x"])),
+                             fits.ImageHDU(err, io.output_header(header), name="ERR")])
     expected.writeto(tmp_path / "expected.fits")
 
     image, sigma = io.create_fits_image(tmp_path / "streamed.fits", SHAPE, header, history=["x"],

@@ -316,7 +316,7 @@ def test_mosaic_truth_peaks_at_the_brightest_star(mosaic):
 @pytest.mark.parametrize("kind", ["star", "galaxy"])
 def test_mosaic_band_renders_each_source_with_its_flux(mosaic, kind):
     _, catalogue = mosaic
-    banks = simulate._stamp_banks(MOSAIC, np.random.default_rng(0))
+    banks = simulate.stamp_banks(MOSAIC, np.random.default_rng(0))
     source = catalogue[catalogue["type"] == kind][:1]
     source["x"], source["y"] = source["x"] % 1 + 150, source["y"] % 1 + 150
 

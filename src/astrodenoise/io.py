@@ -35,6 +35,7 @@ __all__ = [
     "read_fits_plane",
     "read_fits_header",
     "write_fits_image",
+    "output_header",
     "FitsImageRegion",
     "create_fits_image",
     "write_zarr_image",
@@ -338,7 +339,7 @@ def _slice_bounds(key: slice, length: int) -> tuple[int, int]:
     return start, stop
 
 
-def _output_header(header: fits.Header, history: list[str] = ()) -> fits.Header:
+def output_header(header: fits.Header, history: list[str] = ()) -> fits.Header:
     """Copy of ``header`` without the cards that describe the data layout, plus HISTORY."""
     header = header.copy()
     for key in ("BSCALE", "BZERO", "BLANK", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2",
@@ -380,9 +381,9 @@ def create_fits_image(
     """
     # A zero-stride view: astropy derives BITPIX/NAXISn from it without any memory.
     empty = np.broadcast_to(np.float32(0), tuple(shape))
-    hdus = [fits.PrimaryHDU(data=empty, header=_output_header(header, history))]
+    hdus = [fits.PrimaryHDU(data=empty, header=output_header(header, history))]
     for name, ext_header in (extensions or {}).items():
-        hdus.append(fits.ImageHDU(data=empty, header=_output_header(ext_header), name=name))
+        hdus.append(fits.ImageHDU(data=empty, header=output_header(ext_header), name=name))
     hdulist = fits.HDUList(hdus)
     hdulist.verify("silentfix")
     hdulist.update_extend()

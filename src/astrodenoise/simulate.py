@@ -39,6 +39,8 @@ __all__ = [
     "exposure_names",
     "write_demo_survey",
     "simulate_mosaic_catalogue",
+    "StampBanks",
+    "stamp_banks",
     "render_mosaic_band",
     "write_mosaic",
 ]
@@ -300,13 +302,13 @@ _GALAXY_SHAPES = 8  # random (n, ellipticity, angle) per size
 
 
 @dataclass(frozen=True)
-class _StampBanks:
+class StampBanks:
     stars: np.ndarray  # (phase_y, phase_x, 2h+1, 2h+1), each sums to 1
     galaxies: list  # per size: list of (stamp summing to 1, sersic_n)
     fwhm_pix: float
 
 
-def _stamp_banks(config: SimulationConfig, rng: np.random.Generator) -> _StampBanks:
+def stamp_banks(config: SimulationConfig, rng: np.random.Generator) -> StampBanks:
     fwhm_pix = config.fwhm / config.pixel_scale * rng.uniform(0.9, 1.2)
     half = int(np.ceil(6 * fwhm_pix))
     offsets = (np.arange(_PHASES) - _PHASES // 2) / _PHASES
@@ -321,11 +323,11 @@ def _stamp_banks(config: SimulationConfig, rng: np.random.Generator) -> _StampBa
             stamp, n = _sersic_stamp(rng, g_half, 0.0, 0.0, r_eff)
             bank.append((fftconvolve(np.pad(stamp, half), psf, mode="same"), n))
         galaxies.append(bank)
-    return _StampBanks(stars, galaxies, fwhm_pix)
+    return StampBanks(stars, galaxies, fwhm_pix)
 
 
 def simulate_mosaic_catalogue(config: SimulationConfig, rng: np.random.Generator,
-                              banks: _StampBanks) -> Table:
+                              banks: StampBanks) -> Table:
     """Draw the sources of a ``config.size``^2 mosaic (no pixels rendered).
 
     Returns
@@ -362,7 +364,7 @@ def simulate_mosaic_catalogue(config: SimulationConfig, rng: np.random.Generator
     return catalogue
 
 
-def _stamps_of(banks: _StampBanks, sources: Table) -> list[np.ndarray]:
+def _stamps_of(banks: StampBanks, sources: Table) -> list[np.ndarray]:
     """The bank stamp (sum 1) of each source."""
     x, y = np.asarray(sources["x"]), np.asarray(sources["y"])
     # Stars: the sub-pixel offset -0.4..0.4 pixels picks phase 0..4.
@@ -373,7 +375,7 @@ def _stamps_of(banks: _StampBanks, sources: Table) -> list[np.ndarray]:
             for kind, py, px, b, k in zip(sources["type"], phase_y, phase_x, size_bin, shape, strict=True)]
 
 
-def render_mosaic_band(catalogue: Table, banks: _StampBanks, config: SimulationConfig, *,
+def render_mosaic_band(catalogue: Table, banks: StampBanks, config: SimulationConfig, *,
                        rows: tuple[int, int], sky_adu: float, gradient: tuple[float, float]
                        ) -> np.ndarray:
     """Noise-free truth of image rows ``rows[0]:rows[1]`` of the mosaic.
@@ -424,7 +426,7 @@ def write_mosaic(outdir: str | Path, config: SimulationConfig, *, name: str = "m
     """
     outdir = Path(outdir)
     bank_seq, source_seq, sky_seq, noise_seq = np.random.SeedSequence(config.seed).spawn(4)
-    banks = _stamp_banks(config, np.random.default_rng(bank_seq))
+    banks = stamp_banks(config, np.random.default_rng(bank_seq))
     catalogue = simulate_mosaic_catalogue(config, np.random.default_rng(source_seq), banks)
     sky_rng = np.random.default_rng(sky_seq)
     gradient = tuple(sky_rng.uniform(-1, 1, size=2))
