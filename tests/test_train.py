@@ -306,6 +306,20 @@ def test_resumed_training_ends_with_the_same_weights(field_exposures, tiny_unet)
     assert [r["val_loss"] for r in full["history"]] == [r["val_loss"] for r in resumed["history"]]
 
 
+def test_a_resume_point_of_other_noise_measurements_is_not_resumed(field_exposures, tiny_unet):
+    config = TrainConfig(method="n2v", steps=8, batch_size=2, patch_size=32, val_every=4, patience=100,
+                         inject=False, seed=0, model=tiny_unet)
+    saved = []
+    full = train_model(field_exposures, config, on_validation=lambda s: saved.append(copy.deepcopy(s)))
+    stale = saved[0] | {"blind_line": "x"}  # as if the noise step had flagged correlated noise
+
+    again = train_model(field_exposures, config, resume=stale)
+
+    # Started afresh (all validations, the same weights as a run without a resume point).
+    assert [r["step"] for r in again["history"]] == [4, 8]
+    assert _same_weights(full["model"], again["model"])
+
+
 def test_plot_curve_writes_png(tmp_path):
     from astrodenoise.train import plot_curve
 

@@ -113,7 +113,6 @@ def align_to_reference(image: np.ndarray, header: fits.Header, registration: dic
     return shift_integer(image, registration["offset"], ref_shape)
 
 
-
 def onto_grid(image: np.ndarray, header, entry: dict, target_header, target_entry: dict,
                shape: tuple[int, int]) -> np.ndarray | None:
     """``image`` (exposure j) on the pixel grid of exposure i, from their registrations.
@@ -131,7 +130,6 @@ def onto_grid(image: np.ndarray, header, entry: dict, target_header, target_entr
     resampled, _ = reproject_interp((image, io.celestial_wcs(header)), io.celestial_wcs(target_header),
                                     shape_out=shape)
     return resampled.astype(np.float32)
-
 
 
 def load_aligned(images: list[str], fields: list[str], registrations: list[str] = ()) -> list[dict]:

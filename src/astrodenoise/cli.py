@@ -42,9 +42,9 @@ def _json_arg(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"--config is not valid JSON: {err}") from err
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--config must be a JSON object")
+        raise argparse.ArgumentTypeError("must be a JSON object")
     return value
 
 
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads in all (0: all)")
     p.add_argument("--execution", type=_json_arg, default={},
                    help="how it runs, as a JSON object (keys of execution.predict in config.yaml: "
-                        "tile, workers, device, scheduler); never changes the result")
+                        "tile, workers, device, scheduler)")
 
     p = _add(sub, "evaluate", _evaluate,
              "Score input, Gaussian baseline and denoised images of exposures of one field.")

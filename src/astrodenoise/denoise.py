@@ -33,7 +33,7 @@ def torch_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device is 'cuda' but torch sees no CUDA device; "
+        raise RuntimeError("execution.predict.device is 'cuda' but torch sees no CUDA device; "
                            "install a CUDA build of torch (README) or set device: auto")
     return torch.device(name)
 

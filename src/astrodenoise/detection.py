@@ -46,14 +46,12 @@ def detect(image: np.ndarray, *, background: np.ndarray, mask: np.ndarray, thres
     return np.column_stack([cat.x_centroid, cat.y_centroid]), np.asarray(cat.segment_flux, float)
 
 
-
 def near(points: np.ndarray, positions: np.ndarray, radius: float) -> np.ndarray:
     """Bool per position: some point lies within ``radius`` of it."""
     if not len(points) or not len(positions):
         return np.zeros(len(positions), bool)
     dist, _ = cKDTree(points).query(positions, k=1)
     return dist <= radius
-
 
 
 def detection_scores(found: np.ndarray, found_flux: np.ndarray, truth: np.ndarray, truth_mag: np.ndarray,
@@ -116,7 +114,6 @@ def depth90(bins: list[dict], *, min_sources: int = 5, purity: bool = True) -> f
             break
         depth = row["hi"]
     return depth
-
 
 
 def completeness_magnitude(mags: np.ndarray, found: np.ndarray, level: float, *, bin_width: float = 0.5,

@@ -9,7 +9,7 @@ Gaussian-smoothing baseline) is scored the same way:
 - ``psnr``, ``ssim``, ``rmse``: against the noise-free truth when one exists (demo),
   with ``data_range = max(truth) - min(truth)``. ``psnr_clean``: the same PSNR without
   the pixels where the input lies 8 sigma above the reference (cosmic rays, grown by 2
-  pixels; :func:`outlier_pixels`), the same pixels for every image.
+  pixels; :func:`astrodenoise.metrics.outlier_pixels`), the same pixels for every image.
 - ``photometry``: circular-aperture flux (radius = PSF FWHM) at every catalogue source,
   background-subtracted with the same map for every image, compared with the flux of the
   reference (the truth when known, otherwise the input). Per class of reference S/N
@@ -237,25 +237,33 @@ def _model_denoisers(models: dict[str, str], denoised: dict[str, str], noise: No
     this exposure's normalisation, and the predict settings recorded in the method's
     denoised store (precision, averaging, flux restoration; run here on threads, on the
     GPU when this job has one)."""
-    known = {f.name for f in dataclasses.fields(PredictConfig)}
     out = {}
     for name, checkpoint in models.items():
-        recorded = {}
-        if name in denoised and Path(denoised[name]).exists():
-            attrs = io.open_zarr_image(denoised[name]).attrs
-            recorded = dict(attrs.get("provenance_predict", {}).get("predict_config", {}))
-        # Where it ran is not what it computed: this job runs on its own threads, on the GPU
-        # when it has one (Execution's defaults), whatever node or cluster predict used.
-        settings = {k: v for k, v in recorded.items() if k in known}
+        config, execution = _recorded_predict(denoised.get(name))
         norm = exposure_normalisation(load_normalisation(str(checkpoint)), noise)
-        out[name] = functools.partial(_denoise_with, checkpoint=str(checkpoint), norm=norm,
-                                      config=PredictConfig.from_dict(settings))
+        out[name] = functools.partial(_denoise_with, checkpoint=str(checkpoint), norm=norm, config=config,
+                                      execution=execution)
     return out
 
 
-def _denoise_with(image: np.ndarray, *, checkpoint: str, norm, config) -> np.ndarray:
+def _recorded_predict(store: str | None) -> tuple[PredictConfig, Execution]:
+    """The predict settings recorded in a denoised store, and its tile size and threads
+    (stores written before execution settings were recorded apart keep them in the
+    predict config). Where it ran is not what it computed: this job runs on its own
+    threads' scheduler, on the GPU when it has one, whatever node or cluster predict used."""
+    recorded = {}
+    if store and Path(store).exists():
+        recorded = dict(io.open_zarr_image(store).attrs.get("provenance_predict", {}))
+    config = recorded.get("predict_config", {})
+    how = recorded.get("execution", config)
+    science = {f.name for f in dataclasses.fields(PredictConfig)}
+    return (PredictConfig.from_dict({k: v for k, v in config.items() if k in science}),
+            Execution(tile=int(how.get("tile", Execution.tile)), threads=int(how.get("threads", 0))))
+
+
+def _denoise_with(image: np.ndarray, *, checkpoint: str, norm, config, execution) -> np.ndarray:
     """``image`` denoised by a checkpoint, tile by tile as predict does, in this process."""
-    tiles = predict_tiles(image, checkpoint, norm=norm, config=config, execution=Execution())
+    tiles = predict_tiles(image, checkpoint, norm=norm, config=config, execution=execution)
     return np.asarray(tiles.compute(scheduler="threads"))
 
 
@@ -483,4 +491,3 @@ def evaluate_field(images: list[str], noise_files: list[str], denoised: dict[str
             catalog=catalog, stack=stack, models=models, config=config))
         log.info("[%d/%d] %s evaluated", i + 1, len(images), name)
     return results
-

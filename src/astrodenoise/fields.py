@@ -51,4 +51,3 @@ def group_by_header(headers: dict[str, fits.Header], shapes: dict[str, tuple[int
             anchors.append((name, key, wcs, shape))
             fields[name] = name
     return fields
-

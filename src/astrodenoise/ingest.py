@@ -235,7 +235,7 @@ def discover_exposures(path: str = "", *, sheet: str = "", sidecars: list[str] =
     grouping : without a sheet, ``"none"`` makes every exposure its own field and
         ``"auto"`` groups them from their headers (same FILTER and overlapping WCS
         footprints; without WCS, same INSTRUME, FILTER, OBJECT and shape), see
-        :func:`astrodenoise.register.group_by_header`. Only headers are read.
+        :func:`astrodenoise.fields.group_by_header`. Only headers are read.
     hdu : the image HDU (``IngestConfig.hdu``), for reading headers when grouping
 
     Raises

@@ -8,7 +8,7 @@ The PSF is the exposure's own (:func:`astrodenoise.psf.measure_psf`).
 
 - :func:`plan_injection` draws positions in blank sky (away from every source of the
   input's mask and from each other, so that no two stamps overlap) and magnitudes
-  uniform from 4 mag brighter to 1 mag fainter than the exposure's 5-sigma point-source
+  uniform from 4 mag brighter to 1.5 mag fainter than the exposure's 5-sigma point-source
   limit, read from its own noise: the sources span bright (S/N > 50), faint
   (5 < S/N < 20) and undetectable.
 - :func:`inject` adds them, with their photon noise when the gain is known.

@@ -64,10 +64,6 @@ def register_field(images: list[np.ndarray], headers: list[fits.Header], *,
     return out
 
 
-
-
-
-
 def register(images: list[str], *, out_json: str | Path) -> list[dict]:
     """Register the ingested exposures of one field (the first is the reference); JSON out."""
     arrays = [io.open_zarr_image(p) for p in images]

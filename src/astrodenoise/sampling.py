@@ -110,7 +110,7 @@ class PatchSampler:
     def __init__(self, exposures: list[Exposure], norms: list[Normalisation], rng: np.random.Generator, *,
                  patch_size: int, batch_size: int, val_fraction: float, source_fraction: float,
                  target: str = "self", keep_axes: bool = False, stamps: np.ndarray | None = None,
-                 radius: float = 3.0):
+                 radius: float | None = None):
         if target not in TARGETS:
             raise ValueError(f"target {target!r} unknown; use one of {TARGETS}")
         self.rng, self.norms, self.target = rng, norms, target

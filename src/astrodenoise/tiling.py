@@ -2,7 +2,8 @@
 
 :class:`PredictConfig` says *what* is computed (precision, dihedral averaging, outlier
 repair, flux restoration, uncertainty); :class:`Execution` says *how* it runs (tile
-size, workers, device, threads, scheduler), which never changes the result.
+size, workers, device, threads, scheduler), which changes the result only through
+``precision: auto`` (bfloat16 on a GPU).
 :func:`denoise_planes` is the recipe on one array; :func:`predict_planes` applies it to
 every dask block, each extended by an overlap of at least the network's receptive field
 (rounded up to a multiple of ``2**n_pool``, so that the pooling grid of every block
@@ -81,7 +82,11 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class Execution:
-    """How the predict step runs (``execution.predict`` in the config): never what it computes.
+    """How the predict step runs (``execution.predict`` in the config), not what it computes.
+
+    One exception: with ``precision="auto"`` (the default) a GPU computes in bfloat16 and
+    the CPU in float32 (bright pixels differ by ~0.4%); set ``predict.precision`` to a
+    dtype for the same numbers on every device.
 
     ``tile`` is the dask block size in pixels (a multiple of ``2**n_pool``), also the
     shard side of the output zarr store; ``workers`` the number of dask workers, each

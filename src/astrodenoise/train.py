@@ -195,10 +195,11 @@ def survey_psf(exposures: list[Exposure], *, fwhm_guess: float = 3.0, most: int 
     return best
 
 
-def injection_stamp(psf: PSF) -> np.ndarray:
-    """The PSF stamp cut to a radius of 2 FWHM (at least 7 px), renormalised: the injected
-    sources must fit training patches and the probe's strip several times over."""
-    half = min(psf.stamp.shape[0] // 2, max(7, int(np.ceil(2 * psf.fwhm))))
+def injection_stamp(psf: PSF, *, largest: int = 31) -> np.ndarray:
+    """The PSF stamp cut to a half-side of 2 FWHM (at least 7 px, at most ``largest``),
+    renormalised: the injected sources must fit training patches (``largest`` below half
+    a patch) and the probe's strip several times over."""
+    half = min(psf.stamp.shape[0] // 2, largest, max(7, int(np.ceil(2 * psf.fwhm))))
     centre = psf.stamp.shape[0] // 2
     stamp = psf.stamp[centre - half:centre + half + 1, centre - half:centre + half + 1]
     return stamp / stamp.sum()
@@ -206,7 +207,7 @@ def injection_stamp(psf: PSF) -> np.ndarray:
 
 def make_sampler(exposures: list[Exposure], norms: list[Normalisation], config: TrainConfig,
                  rng: np.random.Generator, *, keep_axes: bool = False, stamps: np.ndarray | None = None,
-                 radius: float = 3.0) -> PatchSampler:
+                 radius: float | None = None) -> PatchSampler:
     """The :class:`~astrodenoise.sampling.PatchSampler` of ``config``'s method and settings."""
     target = "self" if config.method == "n2v" else config.n2n_target
     return PatchSampler(exposures, norms, rng, patch_size=config.patch_size, batch_size=config.batch_size,
@@ -309,7 +310,6 @@ def _validate(model, val_batches, config: TrainConfig, axis: str | None) -> floa
     return float(np.mean(losses))
 
 
-
 @dataclass
 class _Run:
     """What one training run works with, built once from the exposures and the config."""
@@ -335,8 +335,10 @@ def _prepare(exposures: list[Exposure], config: TrainConfig) -> _Run:
     norms, stats = _normalisations(exposures, config)
     axis = blind_line_axis(exposures, config)
     psf = survey_psf(exposures) if config.inject or config.flux_weight else None
-    stamps = source_stamps(injection_stamp(psf), rng) if psf is not None else None
-    radius = aperture_radius(psf.fwhm) if psf is not None else 3.0
+    stamps = radius = None
+    if psf is not None:
+        stamps = source_stamps(injection_stamp(psf, largest=config.patch_size // 2 - 1), rng)
+        radius = aperture_radius(psf.fwhm)
     sampler = make_sampler(exposures, norms, config, rng, keep_axes=axis is not None,
                            stamps=stamps if config.flux_weight else None, radius=radius)
     val_batches = [sampler.batch(val=True) for _ in range(4)]
@@ -355,8 +357,8 @@ def _start_state(run: _Run, resume: dict | None) -> dict:
     restores the weights, optimiser, schedule and random generators)."""
     state = {"history": [], "best_key": None, "best_step": 0, "stale": 0, "step": 0,
              "best_state": copy.deepcopy(run.model.state_dict())}
-    if resume is None:
-        return state
+    if resume is None or (resume.get("blind_line"), resume.get("normalisation")) != (run.axis, run.stats):
+        return state  # made from other noise measurements: start afresh
     run.model.load_state_dict(resume["model_last"])
     run.optimiser.load_state_dict(resume["optimizer"])
     run.schedule.load_state_dict(resume["schedule"])
@@ -455,7 +457,6 @@ def train_model(exposures: list[Exposure], config: TrainConfig, *, resume: dict 
     return _checkpoint(state, run, config, resumable=False)
 
 
-
 CURVE_COLUMNS = ["step", "train_loss", "val_loss", "bias_bright", "bias_faint", "lr", "seconds"]
 
 
@@ -494,7 +495,6 @@ def _resume_point(path: Path, config: TrainConfig) -> dict | None:
         return None
     saved = io.load_checkpoint(path)
     return saved if saved.get("train_config") == config.to_dict() else None
-
 
 
 def read_exposures(images: list[str], noise_files: list[str], fields: list[str],
