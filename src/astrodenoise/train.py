@@ -38,7 +38,7 @@ from .model import UNet, UNetConfig
 from .noise_model import read_noise_model
 from .photometry import aperture_radius
 from .provenance import code_version
-from .psf import PSF, gaussian_psf, measure_psf
+from .psf import PSF, measure_psf
 from .sampling import Exposure, PatchSampler, hide_lines, n2v_mask
 from .selection import SELECT, PhotometryProbe, selection_key
 from .sky import estimate_background
@@ -185,14 +185,10 @@ def survey_psf(exposures: list[Exposure], *, fwhm_guess: float = 3.0, most: int 
     (:func:`astrodenoise.psf.measure_psf`) of the exposure with the most usable stars,
     among at most ``most`` exposures spread over the survey; a Gaussian of ``fwhm_guess``
     pixels when none has enough."""
-    best = PSF(gaussian_psf(fwhm_guess), fwhm_guess, 0, f"Gaussian of FWHM {fwhm_guess:.2f} px (no stars)")
-    for i in np.unique(np.linspace(0, len(exposures) - 1, min(most, len(exposures))).astype(int)):
-        exp = exposures[i]
-        background, _ = estimate_background(exp.data)
-        psf = measure_psf(exp.data, background, sigma=exp.noise.sigma, bad=exp.bad, fwhm_guess=fwhm_guess)
-        if psf.n_stars > best.n_stars:
-            best = psf
-    return best
+    picked = np.unique(np.linspace(0, len(exposures) - 1, min(most, len(exposures))).astype(int))
+    measured = [measure_psf(exp.data, estimate_background(exp.data)[0], sigma=exp.noise.sigma, bad=exp.bad,
+                            fwhm_guess=fwhm_guess) for exp in (exposures[i] for i in picked)]
+    return max(measured, key=lambda psf: psf.n_stars)  # the first of the most stars
 
 
 def injection_stamp(psf: PSF, *, largest: int = 31) -> np.ndarray:
