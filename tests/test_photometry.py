@@ -1,11 +1,18 @@
-"""Tests of astrodenoise.photometry: aperture fluxes and flux bias per S/N class and per magnitude."""
+"""Tests of astrodenoise.photometry: apertures at 1-3 FWHM with local sky, flux bias per class."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from astrodenoise.photometry import aperture_fluxes, flux_bias, photometry_by_magnitude
+from astrodenoise.photometry import (
+    aperture_fluxes,
+    flux_bias,
+    local_sky,
+    multi_aperture_fluxes,
+    photometry_by_magnitude,
+)
+from astrodenoise.psf import FWHM_PER_SIGMA
 
 
 def test_flux_bias_per_class_counts_and_bias():
@@ -57,3 +64,56 @@ def test_photometry_by_magnitude_finds_the_bin_that_loses_flux():
 
     assert [r["n"] for r in rows] == [10, 10, 10]
     assert [round(r["bias"], 3) for r in rows] == [0.0, 0.0, -0.2]
+
+
+# --- 1, 2 and 3 x FWHM with a local-sky annulus -----------------------------------------
+
+FWHM = 4.0
+
+
+def _gaussian(shape, x, y, flux, fwhm=FWHM):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    sigma = fwhm / FWHM_PER_SIGMA
+    return flux * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+
+
+def _sky_with_gradient(shape=(96, 96)):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return 100.0 + 0.05 * xx - 0.03 * yy  # a plane averages out over a centred annulus
+
+
+def test_apertures_recover_a_gaussians_enclosed_flux_on_a_sloping_sky():
+    image = _sky_with_gradient() + _gaussian((96, 96), 48.0, 47.0, 5000.0)
+
+    fluxes = multi_aperture_fluxes(image, np.array([[48.0, 47.0]]), fwhm=FWHM)
+
+    # A Gaussian holds 1 - 2**-(2r/FWHM)**2 of its flux within r: 93.75% at 1 FWHM, all at 2 and 3.
+    assert fluxes["1fwhm"][0] == pytest.approx(0.9375 * 5000.0, rel=0.01)
+    assert fluxes["2fwhm"][0] == pytest.approx(5000.0, rel=0.005)
+    assert fluxes["3fwhm"][0] == pytest.approx(5000.0, rel=0.005)
+
+
+def test_local_sky_clips_a_neighbour_in_the_annulus_and_ignores_nan():
+    image = _sky_with_gradient() + _gaussian((96, 96), 48.0 + 5.0 * FWHM, 47.0, 2e5)
+    image[10:20, 10:20] = np.nan
+
+    sky = local_sky(image, np.array([[48.0, 47.0], [15.0, 15.0]]), inner=4 * FWHM, outer=6 * FWHM)
+
+    assert sky[0] == pytest.approx(100.0 + 0.05 * 48.0 - 0.03 * 47.0, abs=0.3)
+    assert np.isfinite(sky[1])
+
+
+def test_a_flattened_wing_shows_at_large_apertures_only():
+    """A 'denoiser' that keeps the core but removes the wings beyond 1.5 FWHM: the loss is
+    small at 1 FWHM and large at 3 FWHM, which is why biases are quoted at all three."""
+    truth = _gaussian((96, 96), 48.0, 48.0, 5000.0, fwhm=8.0)  # a small galaxy
+    yy, xx = np.mgrid[:96, :96]
+    flattened = np.where(np.hypot(xx - 48.0, yy - 48.0) > 1.5 * FWHM, 0.0, truth)
+    positions = np.array([[48.0, 48.0]])
+
+    ref = multi_aperture_fluxes(100.0 + truth, positions, fwhm=FWHM)
+    got = multi_aperture_fluxes(100.0 + flattened, positions, fwhm=FWHM)
+    bias = {k: got[k][0] / ref[k][0] - 1 for k in ref}
+
+    assert abs(bias["1fwhm"]) < 0.01
+    assert bias["3fwhm"] < -0.2

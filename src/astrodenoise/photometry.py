@@ -7,11 +7,12 @@ faint S/N classes, the flux bias statistics and the magnitude bins.
 from __future__ import annotations
 
 import numpy as np
-from astropy.stats import mad_std
-from photutils.aperture import CircularAperture, aperture_photometry
+from astropy.stats import SigmaClip, mad_std
+from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
 
 __all__ = ["BRIGHT_SNR", "FAINT_SNR", "aperture_radius", "aperture_fluxes", "aperture_fraction",
-           "aperture_weights", "aperture_snr", "snr_classes", "flux_bias", "magnitude_bins",
+           "aperture_weights", "aperture_snr", "APERTURE_FACTORS", "SKY_ANNULUS", "local_sky",
+           "multi_aperture_fluxes", "snr_classes", "flux_bias", "magnitude_bins",
            "photometry_by_magnitude", "median_se"]
 
 #: S/N classes of sources, by the S/N of the reference (or the true S/N of an injected
@@ -35,6 +36,37 @@ def aperture_weights(half: int, radius: float) -> np.ndarray:
     centre (the exact overlap of each pixel, as photutils' aperture sums weigh them)."""
     size = 2 * half + 1
     return CircularAperture((half, half), r=radius).to_mask(method="exact").to_image((size, size))
+
+
+#: Aperture radii, in units of the PSF FWHM, at which flux biases are quoted (the core a
+#: denoiser keeps, and the wings it may flatten), and the local-sky annulus (inner and outer
+#: radius in FWHM) outside the largest of them.
+APERTURE_FACTORS = (1.0, 2.0, 3.0)
+SKY_ANNULUS = (4.0, 6.0)
+
+
+def local_sky(image: np.ndarray, positions: np.ndarray, *, inner: float, outer: float) -> np.ndarray:
+    """Per source, the 3-sigma-clipped median of ``image`` (data units per pixel) in a
+    circular annulus of ``inner`` to ``outer`` pixels: neighbours and cosmic rays in the
+    annulus are clipped, NaN pixels do not count. ``positions`` (n, 2) as (x, y)."""
+    annulus = CircularAnnulus(positions, r_in=inner, r_out=outer)
+    stats = ApertureStats(image, annulus, mask=~np.isfinite(image),
+                          sigma_clip=SigmaClip(sigma=3.0, maxiters=5))
+    return np.atleast_1d(np.asarray(stats.median, dtype=float))
+
+
+def multi_aperture_fluxes(image: np.ndarray, positions: np.ndarray, *, fwhm: float,
+                          factors: tuple[float, ...] = APERTURE_FACTORS,
+                          annulus: tuple[float, float] = SKY_ANNULUS) -> dict[str, np.ndarray]:
+    """Circular-aperture fluxes at radii ``factor * fwhm`` (:func:`aperture_radius`), each
+    minus the local sky of :func:`local_sky` in the ``annulus`` (in FWHM) times its area,
+    as an astronomer measures them. Returns ``{"1fwhm": (n,), "2fwhm": ..., ...}``, data units."""
+    sky = local_sky(image, positions, inner=annulus[0] * fwhm, outer=annulus[1] * fwhm)
+    out = {}
+    for factor in factors:
+        radius = aperture_radius(fwhm, factor=factor)
+        out[f"{factor:g}fwhm"] = aperture_fluxes(image, positions, radius=radius) - sky * np.pi * radius**2
+    return out
 
 
 def aperture_fraction(stamp: np.ndarray, radius: float) -> float:
