@@ -37,6 +37,11 @@ Metrics (per exposure; the table shows the mean over exposures, or the pooled me
   ``F_true`` that of ``truth - background``; S/N from the true aperture flux, the
   blank-sky sigma and the gain. ``se_*`` is its bootstrap standard error. The noisy
   input's own bias shows what the metric reads for a perfect (identity) method.
+- ``apertures``: the same median bias, and its robust scatter (MAD), at circular apertures
+  of 1, 2 and 3 x FWHM, each minus the local sky (3-sigma-clipped median of an annulus of
+  4-6 FWHM, photometry.multi_aperture_fluxes) on the image and on the truth alike: the
+  wings a denoiser flattens show at 2 and 3 x FWHM, the core it keeps at 1 x. Classes by
+  the true 1 x FWHM S/N as above.
 - ``change_bright`` / ``change_faint``: median of ``(F - F_input) / F_true``: the
   change of flux the method itself makes, free of the input's noise.
 - ``detections``: 5-sigma detections in source-free sky, summed over exposures. The
@@ -73,7 +78,15 @@ from astrodenoise.baselines import DENOISERS
 from astrodenoise.metrics import blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
 from astrodenoise.noise_model import NoiseModel, pixel_sigma, read_noise_model
-from astrodenoise.photometry import aperture_fluxes, aperture_radius, aperture_snr
+from astrodenoise.photometry import (
+    APERTURE_FACTORS,
+    SKY_ANNULUS,
+    aperture_fluxes,
+    aperture_radius,
+    aperture_snr,
+    multi_aperture_fluxes,
+    snr_classes,
+)
 from astrodenoise.sampling import Exposure
 from astrodenoise.sky import estimate_background, source_mask
 from astrodenoise.tiling import PredictConfig, denoise_planes
@@ -174,6 +187,7 @@ def score(image, ctx: dict) -> dict:
         "ssim": float(structural_similarity(filled, truth, data_range=data_range)),
         "rms_blank": blank_sky_rms(image, background=ctx["background"], mask=ctx["mask"]),
         "flux": flux,
+        "apertures": multi_aperture_fluxes(image, ctx["positions"], fwhm=ctx["fwhm"]),
         "detections": len(np.unique(labels)) - 1,
         "unmatched": unmatched_detections(labels, ctx["input_detections"]),
     }
@@ -196,6 +210,7 @@ def exposure_context(raw: Path, noise_json: Path, truth_fits: Path, catalog: Pat
             "background": background, "mask": source_mask(data, background, rms),
             "cr": cosmic_ray_pixels(data, truth, noise), "free": free,
             "fwhm": fwhm, "positions": positions, "radius": radius, "reference": reference,
+            "apertures": multi_aperture_fluxes(truth, positions, fwhm=fwhm),
             "snr": aperture_snr(reference, radius=radius, sigma=noise.sigma, gain=noise.gain)}
 
 
@@ -212,7 +227,7 @@ def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]
     snr = np.concatenate([c["snr"] for c in contexts])
     ref = np.concatenate([c["reference"] for c in contexts])
     flux_in = np.concatenate([e["input"]["flux"] for e in per_exposure])
-    classes = {"bright": (snr > 50) & (ref > 0), "faint": (snr > 5) & (snr < 20) & (ref > 0)}
+    classes = {name: pick & (ref > 0) for name, pick in snr_classes(snr).items()}
     summary = {}
     for m in methods:
         rows = [e[m] for e in per_exposure]
@@ -227,8 +242,25 @@ def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]
                 (flux[pick] - ref[pick]) / ref[pick], rng)
             out[f"change_{name}"] = float(np.median((flux[pick] - flux_in[pick]) / ref[pick]))
             out[f"n_{name}"] = int(pick.sum())
+        out["apertures"] = _aperture_biases([e[m]["apertures"] for e in per_exposure],
+                                            [c["apertures"] for c in contexts], classes)
         summary[m] = out
     return summary
+
+
+def _aperture_biases(measured: list[dict], truth: list[dict], classes: dict) -> dict:
+    """{aperture: {class: {"bias", "scatter"}}}: median and robust scatter (MAD) of
+    (F - F_true) / F_true pooled over exposures, both local-sky-subtracted apertures."""
+    out = {}
+    for key in measured[0]:
+        flux = np.concatenate([m[key] for m in measured])
+        ref = np.concatenate([t[key] for t in truth])
+        out[key] = {}
+        for name, pick in classes.items():
+            pick = pick & (ref > 0)
+            ratio = (flux[pick] - ref[pick]) / ref[pick]
+            out[key][name] = {"bias": float(np.median(ratio)), "scatter": float(mad_std(ratio))}
+    return out
 
 
 def _prediction_line(config: dict) -> str:
@@ -240,6 +272,20 @@ def _prediction_line(config: dict) -> str:
             f"{'on' if config['average'] else 'off'}; flux restoration {restore}; outlier repair "
             + (f"{config['outlier_threshold']} sigma, contrast {config['outlier_contrast']}."
                if config.get("repair_outliers") else "off."))
+
+
+def _aperture_table(summary: dict) -> list[str]:
+    """Markdown rows of the flux bias at 1, 2 and 3 x FWHM, each with its robust scatter."""
+    keys = [f"{f:g}fwhm" for f in APERTURE_FACTORS]
+    head = " | ".join(f"{cls} {k[:-4]}×FWHM %" for cls in ("bright", "faint") for k in keys)
+    lines = ["", f"Flux bias by aperture, local sky from the 3σ-clipped median of a {SKY_ANNULUS[0]:g}-"
+             f"{SKY_ANNULUS[1]:g} FWHM annulus (truth measured the same way): median % (robust scatter %).",
+             "", f"| method | {head} |", "|---|" + "---|" * (2 * len(keys))]
+    for m, s in summary.items():
+        cells = [f"{100 * a['bias']:+.2f} ({100 * a['scatter']:.2f})"
+                 for cls in ("bright", "faint") for a in (s["apertures"][k][cls] for k in keys)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(summary: dict, meta: dict) -> str:
@@ -256,6 +302,7 @@ def markdown(summary: dict, meta: dict) -> str:
             f"| {100 * s['bias_faint']:+.2f} ± {100 * s['se_faint']:.2f} "
             f"| {100 * s['change_bright']:+.2f} | {100 * s['change_faint']:+.2f} "
             f"| {s['detections']} ({s['new_detections']:+d}) | {s['unmatched']} | {s['seconds']:.2f} |")
+    lines += _aperture_table(summary)
     n = next(iter(summary.values()))
     lines += ["", f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
               "(5 < S/N < 20).", "", f"Models: {meta['models']}; kept steps {meta['model_steps']}; "
