@@ -42,6 +42,8 @@ Metrics (per exposure; the table shows the mean over exposures, or the pooled me
   4-6 FWHM, photometry.multi_aperture_fluxes) on the image and on the truth alike: the
   wings a denoiser flattens show at 2 and 3 x FWHM, the core it keeps at 1 x. Classes by
   the true 1 x FWHM S/N as above.
+  ``kron``: SExtractor's MAG_AUTO aperture (photometry.kron_fluxes), defined on the
+  truth (segmented above 1 noise sigma) and laid on every image, with a local background.
 - ``change_bright`` / ``change_faint``: median of ``(F - F_input) / F_true``: the
   change of flux the method itself makes, free of the input's noise.
 - ``detections``: 5-sigma detections in source-free sky, summed over exposures. The
@@ -84,6 +86,7 @@ from astrodenoise.photometry import (
     aperture_fluxes,
     aperture_radius,
     aperture_snr,
+    kron_fluxes,
     multi_aperture_fluxes,
     snr_classes,
 )
@@ -187,7 +190,7 @@ def score(image, ctx: dict) -> dict:
         "ssim": float(structural_similarity(filled, truth, data_range=data_range)),
         "rms_blank": blank_sky_rms(image, background=ctx["background"], mask=ctx["mask"]),
         "flux": flux,
-        "apertures": multi_aperture_fluxes(image, ctx["positions"], fwhm=ctx["fwhm"]),
+        "apertures": _apertures(image, ctx),
         "detections": len(np.unique(labels)) - 1,
         "unmatched": unmatched_detections(labels, ctx["input_detections"]),
     }
@@ -205,13 +208,22 @@ def exposure_context(raw: Path, noise_json: Path, truth_fits: Path, catalog: Pat
     radius = aperture_radius(fwhm)
     reference = aperture_fluxes(truth - background, positions, radius=radius)
     free = source_free_sky(truth, noise.sigma)
-    return {"data": data, "input_detections": detection_map(data, background, free, fwhm),
+    context = {"data": data, "input_detections": detection_map(data, background, free, fwhm),
             "truth": truth, "noise": noise,
             "background": background, "mask": source_mask(data, background, rms),
             "cr": cosmic_ray_pixels(data, truth, noise), "free": free,
             "fwhm": fwhm, "positions": positions, "radius": radius, "reference": reference,
-            "apertures": multi_aperture_fluxes(truth, positions, fwhm=fwhm),
+            "kron_reference": truth - background,
             "snr": aperture_snr(reference, radius=radius, sigma=noise.sigma, gain=noise.gain)}
+    return context | {"apertures": _apertures(truth, context)}
+
+
+def _apertures(image: np.ndarray, ctx: dict) -> dict[str, np.ndarray]:
+    """Fluxes at 1, 2, 3 x FWHM (local sky) and in Kron apertures defined on the truth
+    (segmented above 1 noise sigma), for the catalogue sources of the exposure."""
+    kron = kron_fluxes({"image": image - ctx["background"]}, ctx["kron_reference"], ctx["positions"],
+                       threshold=ctx["noise"].sigma, fwhm=ctx["fwhm"])["image"]
+    return multi_aperture_fluxes(image, ctx["positions"], fwhm=ctx["fwhm"]) | {"kron": kron}
 
 
 def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float | None, float | None]:
@@ -276,10 +288,12 @@ def _prediction_line(config: dict) -> str:
 
 def _aperture_table(summary: dict) -> list[str]:
     """Markdown rows of the flux bias at 1, 2 and 3 x FWHM, each with its robust scatter."""
-    keys = [f"{f:g}fwhm" for f in APERTURE_FACTORS]
-    head = " | ".join(f"{cls} {k[:-4]}×FWHM %" for cls in ("bright", "faint") for k in keys)
+    keys = [f"{f:g}fwhm" for f in APERTURE_FACTORS] + ["kron"]
+    head = " | ".join(f"{cls} {k[:-4] + '×FWHM' if k != 'kron' else 'Kron'} %"
+                      for cls in ("bright", "faint") for k in keys)
     lines = ["", f"Flux bias by aperture, local sky from the 3σ-clipped median of a {SKY_ANNULUS[0]:g}-"
-             f"{SKY_ANNULUS[1]:g} FWHM annulus (truth measured the same way): median % (robust scatter %).",
+             f"{SKY_ANNULUS[1]:g} FWHM annulus (truth measured the same way); Kron: 2.5 Kron radii "
+             "defined on the truth, laid on every image: median % (robust scatter %).",
              "", f"| method | {head} |", "|---|" + "---|" * (2 * len(keys))]
     for m, s in summary.items():
         cells = [f"{100 * a['bias']:+.2f} ({100 * a['scatter']:.2f})"

@@ -8,6 +8,7 @@ import pytest
 from astrodenoise.photometry import (
     aperture_fluxes,
     flux_bias,
+    kron_fluxes,
     local_sky,
     multi_aperture_fluxes,
     photometry_by_magnitude,
@@ -117,3 +118,22 @@ def test_a_flattened_wing_shows_at_large_apertures_only():
 
     assert abs(bias["1fwhm"]) < 0.01
     assert bias["3fwhm"] < -0.2
+
+
+# --- Kron apertures, defined on the reference, laid on every image -------------------------
+
+
+def test_kron_fluxes_recover_a_gaussian_and_see_its_flattened_wings():
+    galaxy, star = _gaussian((96, 96), 48.0, 48.0, 5000.0, fwhm=8.0), _gaussian((96, 96), 20.0, 70.0, 800.0)
+    yy, xx = np.mgrid[:96, :96]
+    truth = galaxy + star
+    flattened = np.where(np.hypot(xx - 48.0, yy - 48.0) > 1.5 * FWHM, 0.0, galaxy) + star
+    positions = np.array([[48.0, 48.0], [20.0, 70.0], [80.0, 10.0]])  # the last one on blank sky
+
+    fluxes = kron_fluxes({"truth": truth, "flattened": flattened}, truth, positions, threshold=0.5, fwhm=FWHM)
+
+    # MAG_AUTO holds ~94% of a Gaussian's flux or more; a flattened wing loses far more.
+    assert 0.9 < fluxes["truth"][0] / 5000.0 <= 1.0 and 0.9 < fluxes["truth"][1] / 800.0 <= 1.0
+    assert fluxes["flattened"][0] / fluxes["truth"][0] - 1 < -0.15
+    assert fluxes["flattened"][1] == pytest.approx(fluxes["truth"][1])
+    assert np.isnan(fluxes["truth"][2])
