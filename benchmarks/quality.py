@@ -87,6 +87,7 @@ from astrodenoise.photometry import (
     aperture_radius,
     aperture_snr,
     kron_fluxes,
+    median_se,
     multi_aperture_fluxes,
     snr_classes,
 )
@@ -226,13 +227,6 @@ def _apertures(image: np.ndarray, ctx: dict) -> dict[str, np.ndarray]:
     return multi_aperture_fluxes(image, ctx["positions"], fwhm=ctx["fwhm"]) | {"kron": kron}
 
 
-def _median_and_se(values: np.ndarray, rng: np.random.Generator) -> tuple[float | None, float | None]:
-    if not len(values):
-        return None, None
-    boot = [np.median(rng.choice(values, len(values))) for _ in range(400)]
-    return float(np.median(values)), float(np.std(boot))
-
-
 def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]) -> dict:
     """Means over exposures and pooled photometry medians per method."""
     rng = np.random.default_rng(0)
@@ -250,7 +244,7 @@ def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]
         out["new_detections"] = out["detections"] - int(sum(e["input"]["detections"] for e in per_exposure))
         out["unmatched"] = int(sum(r["unmatched"] for r in rows))
         for name, pick in classes.items():
-            out[f"bias_{name}"], out[f"se_{name}"] = _median_and_se(
+            out[f"bias_{name}"], out[f"se_{name}"] = median_se(
                 (flux[pick] - ref[pick]) / ref[pick], rng)
             out[f"change_{name}"] = float(np.median((flux[pick] - flux_in[pick]) / ref[pick]))
             out[f"n_{name}"] = int(pick.sum())
