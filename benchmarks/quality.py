@@ -3,13 +3,19 @@
 Scores the self-supervised networks (Noise2Noise, Noise2Void) and the baselines of
 :mod:`astrodenoise.baselines` (Gaussian smoothing, non-local means and BM3D on the
 generalised-Anscombe-transformed image) on the same single exposures of the demo
-survey, in one run, and writes ``benchmarks/quality_results.json`` and ``.md``.
+survey, in one run, and writes ``benchmarks/quality_results.json`` and ``.md``; with
+``--survey check`` the same on the independent GalSim check survey
+(``benchmarks/check_survey.py``, workflow run with ``config/check.yaml``), written to
+``benchmarks/quality_check.json`` and ``.md``: never used to choose a setting.
 
     .venv/bin/snakemake --cores 2                   # simulate, noise, train the demo survey
     .venv/bin/python benchmarks/quality.py          # score results/train/demo/*/model.pt
     .venv/bin/python benchmarks/quality.py --model n2v=other.pt --out /tmp/q
     .venv/bin/python benchmarks/quality.py --train --set transform=gat   # train here first
     .venv/bin/python benchmarks/quality.py --predict-set average=false restore_flux=false
+    .venv/bin/python benchmarks/check_survey.py          # the check survey, then its workflow:
+    .venv/bin/snakemake --cores 2 --configfile config/check.yaml
+    .venv/bin/python benchmarks/quality.py --survey check
 
 ``--train`` trains both networks (or ``--methods``) on the demo exposures with the
 ``train`` block of config/config.yaml (``--set key=value`` overrides a key, YAML values),
@@ -39,7 +45,8 @@ Metrics (per exposure; the table shows the mean over exposures, or the pooled me
   input's own bias shows what the metric reads for a perfect (identity) method.
 - ``apertures``: the same median bias, and its robust scatter (MAD), at circular apertures
   of 1, 2 and 3 x FWHM, each minus the local sky (3-sigma-clipped median of an annulus of
-  4-6 FWHM, photometry.multi_aperture_fluxes) on the image and on the truth alike: the
+  4-6 FWHM without the input's source mask, photometry.aperture_suite, as the evaluate
+  step measures) on the image and on the truth alike: the
   wings a denoiser flattens show at 2 and 3 x FWHM, the core it keeps at 1 x. Classes by
   the true 1 x FWHM S/N as above.
   ``kron``: SExtractor's MAG_AUTO aperture (photometry.kron_fluxes), defined on the
@@ -81,14 +88,14 @@ from astrodenoise.metrics import blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
 from astrodenoise.noise_model import NoiseModel, pixel_sigma, read_noise_model
 from astrodenoise.photometry import (
-    APERTURE_FACTORS,
+    APERTURES,
     SKY_ANNULUS,
     aperture_fluxes,
     aperture_radius,
     aperture_snr,
-    kron_fluxes,
+    aperture_suite,
+    bias_by_aperture,
     median_se,
-    multi_aperture_fluxes,
     snr_classes,
 )
 from astrodenoise.sampling import Exposure
@@ -220,11 +227,12 @@ def exposure_context(raw: Path, noise_json: Path, truth_fits: Path, catalog: Pat
 
 
 def _apertures(image: np.ndarray, ctx: dict) -> dict[str, np.ndarray]:
-    """Fluxes at 1, 2, 3 x FWHM (local sky) and in Kron apertures defined on the truth
-    (segmented above 1 noise sigma), for the catalogue sources of the exposure."""
-    kron = kron_fluxes({"image": image - ctx["background"]}, ctx["kron_reference"], ctx["positions"],
-                       threshold=ctx["noise"].sigma, fwhm=ctx["fwhm"])["image"]
-    return multi_aperture_fluxes(image, ctx["positions"], fwhm=ctx["fwhm"]) | {"kron": kron}
+    """Fluxes at 1, 2, 3 x FWHM (local sky, the input's source mask left out of the
+    annulus) and in Kron apertures defined on the truth (segmented above 1 noise sigma),
+    for the catalogue sources of the exposure: the evaluate step's measurement."""
+    return aperture_suite({"image": image}, ctx["positions"], fwhm=ctx["fwhm"],
+                          kron_reference=ctx["kron_reference"], threshold=ctx["noise"].sigma,
+                          background=ctx["background"], mask=ctx["mask"])["image"]
 
 
 def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]) -> dict:
@@ -249,24 +257,17 @@ def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]
             out[f"change_{name}"] = float(np.median((flux[pick] - flux_in[pick]) / ref[pick]))
             out[f"n_{name}"] = int(pick.sum())
         out["apertures"] = _aperture_biases([e[m]["apertures"] for e in per_exposure],
-                                            [c["apertures"] for c in contexts], classes)
+                                            [c["apertures"] for c in contexts], snr)
         summary[m] = out
     return summary
 
 
-def _aperture_biases(measured: list[dict], truth: list[dict], classes: dict) -> dict:
-    """{aperture: {class: {"bias", "scatter"}}}: median and robust scatter (MAD) of
-    (F - F_true) / F_true pooled over exposures, both local-sky-subtracted apertures."""
-    out = {}
-    for key in measured[0]:
-        flux = np.concatenate([m[key] for m in measured])
-        ref = np.concatenate([t[key] for t in truth])
-        out[key] = {}
-        for name, pick in classes.items():
-            pick = pick & (ref > 0)
-            ratio = (flux[pick] - ref[pick]) / ref[pick]
-            out[key][name] = {"bias": float(np.median(ratio)), "scatter": float(mad_std(ratio))}
-    return out
+def _aperture_biases(measured: list[dict], truth: list[dict], snr: np.ndarray) -> dict:
+    """{aperture: {class: {"n", "bias", "scatter"}}}: median and robust scatter (MAD) of
+    (F - F_true) / F_true pooled over exposures (photometry.bias_by_aperture)."""
+    pooled = {key: np.concatenate([m[key] for m in measured]) for key in measured[0]}
+    reference = {key: np.concatenate([t[key] for t in truth]) for key in truth[0]}
+    return bias_by_aperture(pooled, reference, snr)
 
 
 def _prediction_line(config: dict) -> str:
@@ -282,17 +283,62 @@ def _prediction_line(config: dict) -> str:
 
 def _aperture_table(summary: dict) -> list[str]:
     """Markdown rows of the flux bias at 1, 2 and 3 x FWHM, each with its robust scatter."""
-    keys = [f"{f:g}fwhm" for f in APERTURE_FACTORS] + ["kron"]
+    keys = list(APERTURES)
     head = " | ".join(f"{cls} {k[:-4] + '×FWHM' if k != 'kron' else 'Kron'} %"
                       for cls in ("bright", "faint") for k in keys)
     lines = ["", f"Flux bias by aperture, local sky from the 3σ-clipped median of a {SKY_ANNULUS[0]:g}-"
-             f"{SKY_ANNULUS[1]:g} FWHM annulus (truth measured the same way); Kron: 2.5 Kron radii "
-             "defined on the truth, laid on every image: median % (robust scatter %).",
+             f"{SKY_ANNULUS[1]:g} FWHM annulus without the input's source mask (truth measured the same "
+             "way); Kron: 2.5 Kron radii defined on the truth, laid on every image: median % "
+             "(robust scatter %).",
              "", f"| method | {head} |", "|---|" + "---|" * (2 * len(keys))]
     for m, s in summary.items():
         cells = [f"{100 * a['bias']:+.2f} ({100 * a['scatter']:.2f})"
                  for cls in ("bright", "faint") for a in (s["apertures"][k][cls] for k in keys)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def injection_agreement(results: Path, survey: str, summary: dict) -> dict:
+    """Per method and aperture, the workflow report's injection-recovery bias (no truth
+    used) beside this benchmark's truth-based bias of the same models: {method: {aperture:
+    {class: {"injected", "injected_se", "truth", "difference"}}}}; empty without a report."""
+    path = results / "report" / survey / "summary.json"
+    if not path.exists():
+        return {}
+    injected = {row["method"]: row for row in json.loads(path.read_text()).get("injection", [])}
+    out = {}
+    for method, row in injected.items():
+        if method not in summary or "apertures" not in row:
+            continue
+        out[method] = {}
+        for key, cells in row["apertures"].items():
+            out[method][key] = {}
+            for cls in ("bright", "faint"):
+                truth, got = summary[method]["apertures"][key][cls]["bias"], cells[f"{cls}_bias"]
+                out[method][key][cls] = {"injected": got, "injected_se": cells[f"{cls}_se"], "truth": truth,
+                                         "difference": None if got is None or truth is None else got - truth}
+    return out
+
+
+def _agreement_table(agreement: dict) -> list[str]:
+    """Markdown rows: injected-source bias (± SE) and its difference from the truth's."""
+    if not agreement:
+        return []
+    keys = list(APERTURES)
+    head = " | ".join(f"{cls} {k[:-4] + '×FWHM' if k != 'kron' else 'Kron'}" for cls in ("bright", "faint")
+                      for k in keys)
+    lines = ["", "Injection-recovery of the workflow's report (no truth used) against the truth-based bias "
+             "above, same models: injected % ± SE [injected − truth, points].", "",
+             f"| method | {head} |", "|---|" + "---|" * (2 * len(keys))]
+    for method, cells in agreement.items():
+        row = []
+        for cls in ("bright", "faint"):
+            for key in keys:
+                c = cells[key][cls]
+                row.append("n/a" if c["injected"] is None else
+                           f"{100 * c['injected']:+.1f} ± {100 * (c['injected_se'] or 0):.1f} "
+                           f"[{100 * c['difference']:+.1f}]")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
     return lines
 
 
@@ -311,6 +357,7 @@ def markdown(summary: dict, meta: dict) -> str:
             f"| {100 * s['change_bright']:+.2f} | {100 * s['change_faint']:+.2f} "
             f"| {s['detections']} ({s['new_detections']:+d}) | {s['unmatched']} | {s['seconds']:.2f} |")
     lines += _aperture_table(summary)
+    lines += _agreement_table(meta.get("injection_agreement", {}))
     n = next(iter(summary.values()))
     lines += ["", f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
               "(5 < S/N < 20).", "", f"Models: {meta['models']}; kept steps {meta['model_steps']}; "
@@ -369,9 +416,13 @@ def main(argv=None) -> None:
                         help="with --train: override keys of the train block of config/config.yaml")
     parser.add_argument("--predict-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override keys of the predict block of config/config.yaml")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality_results",
-                        help="output path without suffix (.json and .md are written)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output path without suffix (.json and .md are written; default "
+                             "benchmarks/quality_results for the demo, benchmarks/quality_<survey> else)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        name = "quality_results" if args.survey == "demo" else f"quality_{args.survey}"
+        args.out = REPO / "benchmarks" / name
     models = dict(item.split("=", 1) for item in args.model) or {
         m: args.results / "train" / args.survey / m / "model.pt" for m in ("n2n", "n2v")}
     timing = {}
@@ -385,6 +436,7 @@ def main(argv=None) -> None:
     config = PredictConfig.from_dict(predict | {"precision": "float32"})
     summary, meta = run(args.results, args.survey, models, args.baselines, config=config)
     meta["predict_config"] = config.__dict__
+    meta["injection_agreement"] = injection_agreement(args.results, args.survey, summary)
     for method, row in timing.items():
         summary[method] |= row
     args.out.parent.mkdir(parents=True, exist_ok=True)

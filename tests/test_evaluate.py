@@ -119,15 +119,18 @@ def test_injection_recovery_with_the_exposures_own_psf_and_a_model(tmp_path, tin
     assert block["psf"]["n_stars"] >= 4
     assert block["psf"]["fwhm"] == pytest.approx(Table.read(catalog).meta["fwhm_pix"], rel=0.15)
     snr = np.array(block["snr"])
-    ratio = {k: np.array(v["flux_ratio"]) for k, v in block["methods"].items()}
-    bright = snr > 50
-    assert bright.sum() >= 5
-    assert np.median(ratio["input"][bright]) == pytest.approx(0.0, abs=0.02)
-    assert all(np.array(block["methods"]["input"]["found"])[bright])  # S/N > 50 is always found
+    ratio = {kind: {a: np.array(r, float) for a, r in method["flux_ratio"].items()}
+             for kind, method in block["methods"].items()}
+    bright = snr > 30  # half the sources are faint: fewer bright ones fit in 256 pixels
+    assert bright.sum() >= 3 and 0 < sum(block["extended"]) < block["n"]  # stars and galaxies
+    for aperture in ("1fwhm", "2fwhm", "3fwhm"):
+        assert np.median(ratio["input"][aperture][bright]) == pytest.approx(0.0, abs=0.02)
+    assert all(np.array(block["methods"]["input"]["found"])[bright])  # S/N > 30 is always found
     assert not any(np.array(block["methods"]["input"]["found"])[snr < 2])
-    # Gaussian smoothing spreads flux out of the aperture: dimmer on recovery.
-    assert np.median(ratio["gaussian"][bright]) < -0.02
-    assert np.isfinite(ratio["tiny"]).all()
+    # Gaussian smoothing spreads flux out of the core: dimmer in 1 x FWHM, kept in 3 x.
+    gaussian = {a: np.median(r[bright]) for a, r in ratio["gaussian"].items()}
+    assert gaussian["1fwhm"] < -0.02 and gaussian["3fwhm"] > gaussian["1fwhm"] + 0.02
+    assert np.isfinite(ratio["tiny"]["2fwhm"]).all()
     # Same seed, same sources and the same recovered fluxes.
     assert run()["injection"] == io.read_json(tmp_path / "v.json")["injection"] == block
 

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from astrodenoise import io
+from astrodenoise.photometry import APERTURES
 from astrodenoise.report import BIAS_LIMIT, report, summarise, summarise_injection, verdicts
 
 SCRIPT = "<script>alert(1)</script>"
@@ -257,16 +258,19 @@ def test_verdict_ranks_baselines_without_cosmic_ray_pixels():
 
 def _injection_block(m5, *, n2n_faint):
     """Injected sources of one exposure: 40 from m5 - 4 to m5 + 1.5; the input measures
-    them unbiased and finds those brighter than m5, n2n dims faint ones by ``n2n_faint``
-    and finds them 0.5 mag deeper."""
+    them unbiased and finds those brighter than m5; n2n keeps the cores (faint bias
+    -0.2% at 1 x FWHM), loses ``n2n_faint`` of the faint ones' flux at 3 x FWHM, and finds
+    them 0.5 mag deeper."""
     import numpy as np
 
     mag = np.linspace(m5 - 4, m5 + 1.5, 40)
     snr = 5 * 10 ** (-0.4 * (mag - m5))
-    return {"m5": m5, "mag": mag.tolist(), "snr": snr.tolist(),
-            "methods": {"input": {"flux_ratio": [0.0] * 40, "found": (mag < m5).tolist()},
-                        "n2n": {"flux_ratio": np.where(snr < 20, n2n_faint, -0.002).tolist(),
-                                "found": (mag < m5 + 0.5).tolist()}}}
+    n2n = {key: [-0.002] * 40 for key in APERTURES}
+    n2n["3fwhm"] = np.where(snr < 20, n2n_faint, -0.002).tolist()
+    return {"m5": m5, "mag": mag.tolist(), "snr": snr.tolist(), "extended": [False, True] * 20,
+            "methods": {"input": {"flux_ratio": {key: [0.0] * 40 for key in APERTURES},
+                                  "found": (mag < m5).tolist()},
+                        "n2n": {"flux_ratio": n2n, "found": (mag < m5 + 0.5).tolist()}}}
 
 
 def test_injection_summary_pools_exposures_and_flags_a_dimming_model(tmp_path):
@@ -284,10 +288,15 @@ def test_injection_summary_pools_exposures_and_flags_a_dimming_model(tmp_path):
     assert [r["method"] for r in rows] == ["input", "n2n"]  # gaussian had no injected sources
     n2n = rows[1]
     assert n2n["n"] == 80 and n2n["faint_bias"] == pytest.approx(-0.04) and n2n["flag_faint"]
+    # Red because of the 3 x FWHM aperture alone: 1 x FWHM would have looked fine.
+    assert n2n["faint_aperture"] == "3fwhm"
+    assert n2n["apertures"]["1fwhm"]["faint_bias"] == pytest.approx(-0.002)
+    assert n2n["over_limit"] == ["faint 3fwhm"]
     assert n2n["bright_bias"] == pytest.approx(-0.002) and not n2n["flag_bright"]
     assert n2n["m50_gain"] == pytest.approx(0.5, abs=0.1)
     # The catalogue biases are within the limit; the injected faint sources are not.
     assert verdict["injected_faint_bias"] == pytest.approx(-0.04) and verdict["biased"] is True
+    assert verdict["injected_over_limit"] == ["injected faint 3fwhm"]
 
     paths = []
     for i, evaluation in enumerate(evaluations):
@@ -302,6 +311,7 @@ def test_injection_summary_pools_exposures_and_flags_a_dimming_model(tmp_path):
     shown = next(r for r in summary["injection"] if r["method"] == "n2n")
     assert shown["faint_bias"] == pytest.approx(-0.04)
     assert 'id="injection-table"' in html and "-4.0%" in html
+    assert 'id="aperture-table"' in html and "injected faint 3fwhm" in html
     assert f"{shown['m50_gain']:+.2f}" in html and "EPSF of 9 stars" in html
 
 
@@ -331,3 +341,47 @@ def test_a_large_survey_embeds_a_capped_number_of_figures_spread_over_fields(tmp
 
     report(evaluations, figures, out_html=str(tmp_path / "all.html"), survey="big", max_figures=0)
     assert (tmp_path / "all.html").read_text().count("cutouts of") == 6
+
+
+def _apertures(faint_kron: float) -> dict:
+    cells = {key: {"bright": {"n": 4, "bias": 0.001, "scatter": 0.01},
+                   "faint": {"n": 4, "bias": -0.004, "scatter": 0.05}} for key in APERTURES}
+    cells["kron"]["faint"]["bias"] = faint_kron
+    return cells
+
+
+def test_a_bias_in_any_aperture_turns_the_verdict_red_and_the_report_shows_every_aperture(tmp_path):
+    evaluations = []
+    for i, kron in enumerate((-0.03, -0.05)):
+        evaluation = _evaluation(f"e{i}", n2n_faint=-0.005)  # fine at 1 x FWHM
+        evaluation["scores"]["n2n"]["photometry"]["bright"]["bias"] = 0.002
+        for kind in evaluation["scores"]:
+            evaluation["scores"][kind]["photometry_apertures"] = _apertures(kron if kind == "n2n" else 0.0)
+        evaluations.append(evaluation)
+
+    rows = {row["method"]: row for row in summarise(evaluations)}
+    (verdict,) = verdicts(list(rows.values()))
+
+    n2n = rows["n2n"]
+    assert not n2n["flag_faint"] and not n2n["flag_bright"]  # the 1 x FWHM columns alone
+    assert n2n["apertures"]["kron"]["faint_bias"] == pytest.approx(-0.04)
+    assert n2n["apertures"]["kron"]["faint_se"] == pytest.approx(0.01)
+    assert n2n["apertures"]["kron"]["faint_scatter"] == pytest.approx(0.05)
+    assert n2n["over_limit"] == ["faint kron"] and n2n["flag"]
+    assert verdict["biased"] and verdict["over_limit"] == ["faint kron"]
+    assert not rows["gaussian"]["over_limit"] or "faint kron" not in rows["gaussian"]["over_limit"]
+
+    paths = []
+    for i, evaluation in enumerate(evaluations):
+        paths.append(tmp_path / "field00" / f"e{i}.json")
+        io.write_json(paths[-1], evaluation)
+    (tmp_path / "e.png").write_bytes(PNG)
+    report([str(p) for p in paths], [str(tmp_path / "e.png")] * 2, out_html=str(tmp_path / "r.html"),
+           survey="demo")
+    html = (tmp_path / "r.html").read_text()
+    table = html[html.index('id="aperture-table"'):]
+    table = table[:table.index("</table>")]
+    n2n_row = table[table.index('data-method="n2n"'):]
+    n2n_row = n2n_row[:n2n_row.index("</tr>")]
+    assert n2n_row.count('class="bad"') == 1 and "-4.0%" in n2n_row and "(5.0)" in n2n_row
+    assert "beyond the limit: faint kron" in html

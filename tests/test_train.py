@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from astrodenoise import io
-from astrodenoise.photometry import aperture_radius
 from astrodenoise.selection import PhotometryProbe
 from astrodenoise.sources import source_stamps
 from astrodenoise.train import (
     TrainConfig,
     blind_line_axis,
     flux_loss,
-    injection_stamp,
     make_sampler,
+    probe_stamps,
     survey_psf,
     train,
     train_model,
@@ -228,8 +227,10 @@ def test_blind_line_axis_follows_the_noise_correlation(make_image, correlation, 
     assert blind_line_axis(exposures, config) == expected
 
 
-def _gat_exposures(make_image, n=2):
-    images = [make_image(96, sky=200.0, gain=2.0, read_noise=5.0, n_stars=25, seed=20 + i) for i in range(n)]
+def _gat_exposures(make_image, n=2, size=96):
+    stars = 25 * size**2 // 96**2  # as crowded at every size
+    images = [make_image(size, sky=200.0, gain=2.0, read_noise=5.0, n_stars=stars, seed=20 + i)
+              for i in range(n)]
     return [training_exposure(f"e{i}", "f", im.data, im.sky, im.sigma, gain=im.gain)
             for i, im in enumerate(images)]
 
@@ -253,13 +254,18 @@ def test_flux_probe_reads_zero_for_identity_and_negative_for_dimming(make_image)
     norms = [stabilising(e.noise) for e in exposures]
     rng = np.random.default_rng(0)
     psf = survey_psf(exposures)
-    probe = PhotometryProbe(exposures, norms, rng, stamps=source_stamps(injection_stamp(psf), rng),
-                            radius=aperture_radius(psf.fwhm), val_fraction=0.3, step=4, patch_size=32)
+    stamps = probe_stamps(psf, rng, patch_size=32)
+    probe = PhotometryProbe(exposures, norms, rng, stamps=stamps, fwhm=psf.fwhm, val_fraction=0.3, step=4,
+                            patch_size=32)
 
     identity, dimmed = probe.measure(_Scaled(1.0)), probe.measure(_Scaled(0.5))
 
-    assert abs(identity["bias_faint"]) < 0.05 and abs(identity["bias_bright"]) < 0.05
-    assert dimmed["bias_faint"] < -0.2 and dimmed["bias_bright"] < -0.2
+    for factor in (1, 2, 3):
+        for cls in ("bright", "faint"):
+            assert abs(identity[f"bias_{cls}_{factor}fwhm"]) < 0.05
+            assert dimmed[f"bias_{cls}_{factor}fwhm"] < -0.2
+    # The headline is the aperture of the largest bias, whichever it is.
+    assert identity["bias_faint"] == max((identity[f"bias_faint_{f}fwhm"] for f in (1, 2, 3)), key=abs)
 
 
 def test_flux_loss_small_for_identity_large_for_dimming(make_image):
@@ -269,7 +275,8 @@ def test_flux_loss_small_for_identity_large_for_dimming(make_image):
     rng = np.random.default_rng(1)
     psf = np.zeros((15, 15))
     psf[6:9, 6:9] = 1 / 9
-    sampler = make_sampler(exposures, norms, config, rng, stamps=source_stamps(psf, rng), radius=2.0)
+    stamps = source_stamps(psf, rng, fwhm=2.0, galaxies=4)
+    sampler = make_sampler(exposures, norms, config, rng, stamps=stamps, radius=2.0)
 
     batch = sampler.batch()
     inputs, flux = torch.from_numpy(batch["inputs"]), batch["flux"]
@@ -284,7 +291,7 @@ def test_short_n2v_training_lowers_validation_loss_with_gat(make_image, tiny_une
                          val_every=10, val_fraction=0.3, patience=100, select="loss", seed=0,
                          model=tiny_unet)
 
-    checkpoint = train_model(_gat_exposures(make_image), config)
+    checkpoint = train_model(_gat_exposures(make_image, size=192), config)
 
     losses = [row["val_loss"] for row in checkpoint["history"]]
     assert checkpoint["normalisation"]["kind"] == "gat"

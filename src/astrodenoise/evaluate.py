@@ -10,14 +10,23 @@ Gaussian-smoothing baseline) is scored the same way:
   with ``data_range = max(truth) - min(truth)``. ``psnr_clean``: the same PSNR without
   the pixels where the input lies 8 sigma above the reference (cosmic rays, grown by 2
   pixels; :func:`astrodenoise.metrics.outlier_pixels`), the same pixels for every image.
-- ``photometry``: circular-aperture flux (radius = PSF FWHM) at every catalogue source,
-  background-subtracted with the same map for every image, compared with the flux of the
-  reference (the truth when known, otherwise the input). Per class of reference S/N
-  (bright: S/N > 50; faint: 5 < S/N < 20) the median fractional flux bias
-  ``(F - F_ref) / F_ref`` and its robust scatter. A denoiser that lowers the noise but
-  dims faint sources shows a negative faint bias: photometry is the science.
+- ``photometry``: circular-aperture flux (radius ``aperture_fwhm`` x PSF FWHM) at every
+  catalogue source, background-subtracted with the same map for every image, compared
+  with the flux of the reference (the truth when known, otherwise the input). Per class
+  of reference S/N (bright: S/N > 50; faint: 5 < S/N < 20) the median fractional flux
+  bias ``(F - F_ref) / F_ref`` and its robust scatter. A denoiser that lowers the noise
+  but dims faint sources shows a negative faint bias: photometry is the science.
   ``photometry.by_magnitude`` gives the same per magnitude bin (catalogue magnitudes
   when a catalogue exists, else instrumental ``-2.5 log10 F_ref``).
+- ``photometry_apertures``: the same bias and scatter measured as an astronomer measures
+  it, in every aperture of :data:`astrodenoise.photometry.APERTURES`: circular apertures
+  of 1, 2 and 3 x FWHM each minus a local sky (3-sigma-clipped median of a 4-6 FWHM
+  annulus, the input's source mask left out) taken from the image itself, and Kron
+  apertures (2.5 Kron radii) defined on the reference (segmented above 1 sigma of the
+  input's noise for the truth, 3 sigma of the reference's own noise otherwise) and laid
+  on every image; the reference measured the same way. The wings a denoiser flattens
+  show at 2 and 3 x FWHM and in Kron apertures, the core it keeps at 1 x.
+  ``photometry_by_magnitude_apertures``: per aperture, the bias per magnitude bin.
 - ``power``: radially averaged power spectrum of blank sky (``image - background`` with
   sources masked), as the ratio to the input's per spatial-frequency bin (cycles per
   pixel, 0 to 0.5). A denoiser that only removes high frequencies leaves the low-k ratio
@@ -40,15 +49,17 @@ Gaussian-smoothing baseline) is scored the same way:
 
 - ``injection``: injection-recovery, the test that needs no truth (module
   :mod:`astrodenoise.inject`). The PSF is measured from the exposure's own stars
-  (photutils EPSF; cosmic rays and galaxies rejected), and its FWHM is also the one the
-  photometry and detection above use when there is no catalogue. ``inject_count`` point
-  sources with that PSF, magnitudes from 4 mag brighter to 1.5 mag fainter than the
-  exposure's 5-sigma limit ``m5`` and their photon noise go into blank sky of the input;
-  every image kind denoises the injected exposure (the networks with their checkpoint and
-  the predict settings recorded in their output), and each source's recovered aperture
-  flux is measured on (with sources - without) against its true aperture flux, and
-  "found" when a detection lies within the match radius where the image without them had
-  none. Per source: magnitude, true S/N, flux ratio - 1, found; the report pools them.
+  (photutils EPSF with a Moffat fitted to it; cosmic rays and galaxies rejected), and its
+  FWHM is also the one the photometry and detection above use when there is no
+  catalogue. ``inject_count`` sources - point sources with that PSF and Sersic galaxies
+  convolved with it - with magnitudes from 4 mag brighter to 1.5 mag fainter than the
+  exposure's 5-sigma limit ``m5`` (half of them at a faint S/N) and their photon noise go
+  into blank sky of the input; every image kind denoises the injected exposure (the
+  networks with their checkpoint and the predict settings recorded in their output), and
+  each source's recovered flux is measured on (with sources - without) against its true
+  flux in every aperture of ``photometry_apertures``, and "found" when a detection lies
+  within the match radius where the image without them had none. Per source: magnitude,
+  true S/N, point or extended, flux ratio - 1 per aperture, found; the report pools them.
 - ``repaired_pixels`` (networks): the pixels the predict step took for cosmic rays or hot
   pixels and filled from their neighbours before denoising (its ``repaired`` array).
 
@@ -79,7 +90,15 @@ from .detection import detect, detection_scores
 from .inject import injection_recovery
 from .metrics import blank_sky_rms, outlier_pixels, power_spectrum, psnr, residual_statistics
 from .noise_model import NoiseModel, read_noise_model
-from .photometry import aperture_fluxes, aperture_radius, aperture_snr, flux_bias, photometry_by_magnitude
+from .photometry import (
+    aperture_fluxes,
+    aperture_radius,
+    aperture_snr,
+    aperture_suite,
+    bias_by_aperture,
+    flux_bias,
+    photometry_by_magnitude,
+)
 from .provenance import code_version
 from .psf import measure_psf
 from .sky import estimate_background, source_mask
@@ -115,7 +134,7 @@ class EvaluateConfig:
     detect_threshold: float = 5.0
     match_radius: float = 1.0
     mag_bin: float = 0.5
-    inject_count: int = 50
+    inject_count: int = 100
     inject_region: int = 1024
     inject_seed: int = 0
 
@@ -213,12 +232,32 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
     return out
 
 
-def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, config):
-    """Aperture radius, reference fluxes and their S/N at the measured sources."""
+def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, reference_sigma, config):
+    """Aperture radius, reference fluxes and their S/N at the measured sources, and what
+    the apertures of :func:`astrodenoise.photometry.aperture_suite` need: the reference
+    image, the image its Kron apertures are defined on and the segmentation threshold
+    (1 sigma of the input's noise on a noise-free truth, 3 sigma of a noisy reference's)."""
     radius = aperture_radius(fwhm, factor=config.aperture_fwhm)
     ref_flux = aperture_fluxes(reference - background, positions, radius=radius)
-    return {"positions": positions, "radius": radius, "reference": ref_flux,
-            "snr": aperture_snr(ref_flux, radius=radius, sigma=sigma, gain=gain)}
+    return {"positions": positions, "radius": radius, "reference": ref_flux, "fwhm": fwhm,
+            "snr": aperture_snr(ref_flux, radius=radius, sigma=sigma, gain=gain),
+            "image": reference, "kron_reference": reference - background,
+            "threshold": sigma if not reference_sigma else 3 * reference_sigma}
+
+
+def _aperture_scores(images: dict, *, background, mask, phot: dict, mag: np.ndarray, config) -> dict:
+    """Per image kind, ``photometry_apertures`` and ``photometry_by_magnitude_apertures``:
+    every aperture of :data:`~astrodenoise.photometry.APERTURES` on the image against the
+    same aperture on the reference."""
+    fluxes = aperture_suite(images | {"__reference__": phot["image"]}, phot["positions"], fwhm=phot["fwhm"],
+                            kron_reference=phot["kron_reference"], threshold=phot["threshold"],
+                            background=background, mask=mask)
+    reference = fluxes.pop("__reference__")
+    return {name: {"photometry_apertures": bias_by_aperture(flux, reference, phot["snr"]),
+                   "photometry_by_magnitude_apertures": {
+                       key: photometry_by_magnitude(flux[key], reference[key], mag, bin_width=config.mag_bin)
+                       for key in flux}}
+            for name, flux in fluxes.items()}
 
 
 def _baseline_denoisers(noise: NoiseModel, config: EvaluateConfig) -> dict:
@@ -290,9 +329,10 @@ def _reference(exposure: dict, *, sky: dict, psf, truth_fits, catalog, stack, co
         sources = _sources(catalog, data, sky["background"], sky["mask"], header, config, psf)
     phot = None
     if len(sources["positions"]):
+        reference_sigma = stack["sigma"] if stack else 0.0 if truth is not None else sky["noise"].sigma
         phot = _photometry_setup(truth if truth is not None else data, sky["background"],
                                  sources["positions"], fwhm=sources["fwhm"], sigma=sky["noise"].sigma,
-                                 gain=sky["noise"].gain, config=config)
+                                 gain=sky["noise"].gain, reference_sigma=reference_sigma, config=config)
     return {"truth": truth, "stack": stack, "sources": sources, "phot": phot}
 
 
@@ -307,6 +347,10 @@ def _score_all(images: dict, data: np.ndarray, *, sky: dict, ref: dict, config) 
         scores[name] |= _structure_scores(img, data=data, background=background, mask=mask,
                                           sigma=noise.sigma, phot=ref["phot"], sources=ref["sources"],
                                           config=config, input_power=input_power)
+    if ref["phot"] is not None:
+        for name, extra in _aperture_scores(images, background=background, mask=mask, phot=ref["phot"],
+                                            mag=ref["sources"]["mag"], config=config).items():
+            scores[name] |= extra
     if truth is not None:
         # Cosmic rays are in the input, not in the reference: they dominate its MSE, and a
         # method that merely removes them would win on PSNR alone. Also scored without them.

@@ -1,6 +1,7 @@
 """Aperture photometry as the evaluation, injection-recovery and training probe measure it.
 
-One place for the aperture sums, their S/N, the aperture radius rule, the bright and
+Circular apertures of 1, 2 and 3 x FWHM with a local sky, and Kron apertures
+(:func:`aperture_suite`); one place for the aperture sums, their S/N, the aperture radius rule, the bright and
 faint S/N classes, the flux bias statistics and the magnitude bins.
 """
 
@@ -13,8 +14,8 @@ from photutils.segmentation import SourceCatalog, SourceFinder
 
 __all__ = ["BRIGHT_SNR", "FAINT_SNR", "aperture_radius", "aperture_fluxes", "aperture_fraction",
            "aperture_weights", "aperture_snr", "APERTURE_FACTORS", "SKY_ANNULUS", "local_sky",
-           "multi_aperture_fluxes", "kron_fluxes", "snr_classes", "flux_bias", "magnitude_bins",
-           "photometry_by_magnitude", "median_se"]
+           "multi_aperture_fluxes", "kron_fluxes", "APERTURES", "aperture_suite", "bias_by_aperture",
+           "snr_classes", "flux_bias", "magnitude_bins", "photometry_by_magnitude", "median_se"]
 
 #: S/N classes of sources, by the S/N of the reference (or the true S/N of an injected
 #: source): bright above ``BRIGHT_SNR``, faint between the two ``FAINT_SNR`` bounds.
@@ -46,23 +47,33 @@ APERTURE_FACTORS = (1.0, 2.0, 3.0)
 SKY_ANNULUS = (4.0, 6.0)
 
 
-def local_sky(image: np.ndarray, positions: np.ndarray, *, inner: float, outer: float) -> np.ndarray:
+def local_sky(image: np.ndarray, positions: np.ndarray, *, inner: float, outer: float,
+              mask: np.ndarray | None = None) -> np.ndarray:
     """Per source, the 3-sigma-clipped median of ``image`` (data units per pixel) in a
-    circular annulus of ``inner`` to ``outer`` pixels: neighbours and cosmic rays in the
-    annulus are clipped, NaN pixels do not count. ``positions`` (n, 2) as (x, y)."""
+    circular annulus of ``inner`` to ``outer`` pixels, without the pixels of ``mask``
+    (True: other sources, as an astronomer masks neighbours) where at least a fifth of the
+    annulus is left, else of all of it: cosmic rays and what the mask missed are clipped,
+    NaN pixels do not count. ``positions`` (n, 2) as (x, y)."""
     annulus = CircularAnnulus(positions, r_in=inner, r_out=outer)
-    stats = ApertureStats(image, annulus, mask=~np.isfinite(image),
-                          sigma_clip=SigmaClip(sigma=3.0, maxiters=5))
-    return np.atleast_1d(np.asarray(stats.median, dtype=float))
+    nodata = ~np.isfinite(image)
+    clip = SigmaClip(sigma=3.0, maxiters=5)
+    sky = np.atleast_1d(np.asarray(ApertureStats(image, annulus, mask=nodata, sigma_clip=clip).median, float))
+    if mask is None:
+        return sky
+    masked = ApertureStats(image, annulus, mask=nodata | mask, sigma_clip=clip)
+    enough = np.atleast_1d(np.asarray(masked.sum_aper_area.value, float)) >= 0.2 * annulus.area
+    return np.where(enough, np.atleast_1d(np.asarray(masked.median, float)), sky)
 
 
 def multi_aperture_fluxes(image: np.ndarray, positions: np.ndarray, *, fwhm: float,
                           factors: tuple[float, ...] = APERTURE_FACTORS,
-                          annulus: tuple[float, float] = SKY_ANNULUS) -> dict[str, np.ndarray]:
+                          annulus: tuple[float, float] = SKY_ANNULUS,
+                          mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Circular-aperture fluxes at radii ``factor * fwhm`` (:func:`aperture_radius`), each
-    minus the local sky of :func:`local_sky` in the ``annulus`` (in FWHM) times its area,
-    as an astronomer measures them. Returns ``{"1fwhm": (n,), "2fwhm": ..., ...}``, data units."""
-    sky = local_sky(image, positions, inner=annulus[0] * fwhm, outer=annulus[1] * fwhm)
+    minus the local sky of :func:`local_sky` in the ``annulus`` (in FWHM, sources of
+    ``mask`` left out) times its area, as an astronomer measures them. Returns
+    ``{"1fwhm": (n,), "2fwhm": ..., ...}``, data units."""
+    sky = local_sky(image, positions, inner=annulus[0] * fwhm, outer=annulus[1] * fwhm, mask=mask)
     out = {}
     for factor in factors:
         radius = aperture_radius(fwhm, factor=factor)
@@ -104,6 +115,37 @@ def kron_fluxes(images: dict[str, np.ndarray], reference: np.ndarray, positions:
     return out
 
 
+#: The apertures every flux bias is quoted in: circular ones of :data:`APERTURE_FACTORS`
+#: FWHM with a local sky, and Kron's (SExtractor's MAG_AUTO).
+APERTURES = (*(f"{factor:g}fwhm" for factor in APERTURE_FACTORS), "kron")
+
+
+def aperture_suite(images: dict[str, np.ndarray], positions: np.ndarray, *, fwhm: float,
+                   kron_reference: np.ndarray, threshold: float, background: np.ndarray | float = 0.0,
+                   mask: np.ndarray | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Fluxes in every aperture of :data:`APERTURES`, as an astronomer measures them, of
+    the sources at ``positions`` in each image: ``{name: {aperture: (n,)}}``.
+
+    Circular apertures take their local sky from each image itself, without the pixels
+    of ``mask`` (the sources: the same pixels for every image;
+    :func:`multi_aperture_fluxes`); Kron apertures are defined once on ``kron_reference``
+    (background-subtracted, segmented above ``threshold`` per pixel) and laid on every
+    ``image - background`` (:func:`kron_fluxes`). Data units; NaN where a Kron aperture
+    could not be defined.
+    """
+    kron = kron_fluxes({name: image - background for name, image in images.items()}, kron_reference,
+                       positions, threshold=threshold, fwhm=fwhm)
+    return {name: multi_aperture_fluxes(image, positions, fwhm=fwhm, mask=mask) | {"kron": kron[name]}
+            for name, image in images.items()}
+
+
+def bias_by_aperture(fluxes: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                     snr: np.ndarray) -> dict[str, dict]:
+    """:func:`flux_bias` in every aperture of ``fluxes`` against the same aperture of
+    ``reference``: ``{aperture: {"bright": {n, bias, scatter}, "faint": ...}}``."""
+    return {key: flux_bias(fluxes[key], reference[key], snr) for key in fluxes}
+
+
 def aperture_fraction(stamp: np.ndarray, radius: float) -> float:
     """Share of a centred (odd-sided) stamp's flux inside a circular aperture of ``radius``."""
     half = stamp.shape[0] // 2
@@ -125,10 +167,11 @@ def snr_classes(snr: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def flux_bias(flux: np.ndarray, reference: np.ndarray, snr: np.ndarray) -> dict:
-    """Median fractional flux bias and robust scatter for bright and faint sources."""
+    """Median fractional flux bias and robust scatter for bright and faint sources (those
+    of positive reference flux and a finite measurement)."""
     out = {}
     for name, pick in snr_classes(snr).items():
-        pick = pick & (reference > 0)
+        pick = pick & (reference > 0) & np.isfinite(flux)
         ratio = (flux[pick] - reference[pick]) / reference[pick]
         out[name] = {
             "n": int(pick.sum()),

@@ -24,10 +24,10 @@ STEP_VERSIONS = {
     "ingest": 1,
     "noise": 2,
     "register": 1,
-    "train": 4,
+    "train": 5,
     "predict": 5,
-    "evaluate": 6,
-    "report": 5,
+    "evaluate": 7,
+    "report": 6,
 }
 
 

@@ -1,8 +1,10 @@
-"""The point-spread function of an exposure: measured from its own stars, or a Gaussian.
+"""The point-spread function of an exposure: a Moffat fitted to the EPSF of its own stars, or a Gaussian.
 
 :func:`measure_psf` builds an effective PSF (photutils ``EPSFBuilder``) from bright,
-isolated, unflagged, point-like sources; with too few stars it falls back to a Gaussian
-of the guessed FWHM and says so. :func:`stamp_fwhm` is the one FWHM rule of the package.
+isolated, unflagged, point-like sources and fits a Moffat profile to it
+(:func:`moffat_fit`: a few stars' noise would otherwise become fake wings); with too few
+stars it falls back to a Gaussian of the guessed FWHM and says so. :func:`stamp_fwhm` is
+the one FWHM rule of the package.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.modeling import fitting
+from astropy.modeling.models import Moffat2D
 from astropy.nddata import NDData
 from astropy.stats import mad_std
 from astropy.table import Table
@@ -20,7 +24,7 @@ from photutils.utils.exceptions import NoDetectionsWarning
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["PSF", "measure_psf", "gaussian_psf", "stamp_fwhm", "FWHM_PER_SIGMA"]
+__all__ = ["PSF", "measure_psf", "moffat_fit", "gaussian_psf", "stamp_fwhm", "FWHM_PER_SIGMA"]
 
 #: FWHM of a Gaussian in units of its standard deviation, 2 sqrt(2 ln 2).
 FWHM_PER_SIGMA = 2.3548
@@ -142,8 +146,42 @@ def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad:
             epsf, _ = EPSFBuilder(oversampling=1, maxiters=5, progress_bar=False)(stars)
     except Exception as error:  # noqa: BLE001 - any builder failure falls back, and says why
         return PSF(fallback.stamp, fwhm_guess, 0, f"{gaussian} (EPSF failed: {error})")
-    stamp = np.clip(np.asarray(epsf.data, float), 0, None)
-    if stamp.shape[0] % 2 == 0 or stamp.sum() <= 0:
+    data = np.asarray(epsf.data, float)
+    if data.shape[0] % 2 == 0 or data.sum() <= 0:
         return fallback
+    fitted = moffat_fit(data, fwhm_guess)
+    if fitted is not None:
+        stamp, beta = fitted
+        method = f"Moffat (beta {beta:.2f}) fit to the EPSF of {len(pick)} stars"
+        return PSF(stamp, stamp_fwhm(stamp), len(pick), method)
+    stamp = np.clip(data, 0, None)
     stamp /= stamp.sum()
     return PSF(stamp, stamp_fwhm(stamp), len(pick), f"EPSF of {len(pick)} stars")
+
+
+def moffat_fit(epsf: np.ndarray, fwhm_guess: float) -> tuple[np.ndarray, float] | None:
+    """A circular Moffat profile fitted (least squares, centred) to an empirical PSF, drawn
+    on the same stamp at the same pixel centres, sum 1, and its beta; None when the fit
+    fails.
+
+    An EPSF of a few stars carries their noise into its wings, and a stamp clipped at zero
+    turns that noise into a pedestal: on the demo, 7% of the flux of such a stamp lay beyond
+    3 FWHM where the true PSF had 0.2%, and sources injected with it lost their fake wings to
+    every denoiser. The fit keeps the core's width and the wings' slope (beta) the stars show.
+    """
+    half = epsf.shape[0] // 2
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(float)
+    start = Moffat2D(amplitude=float(epsf.max()), x_0=0.0, y_0=0.0, alpha=3.0,
+                     gamma=fwhm_guess / (2 * np.sqrt(2 ** (1 / 3.0) - 1)))
+    start.x_0.fixed = start.y_0.fixed = True
+    start.alpha.bounds, start.gamma.bounds = (1.2, 12.0), (0.2, 10 * fwhm_guess)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fitter's convergence chatter
+            fit = fitting.TRFLSQFitter()(start, xx, yy, epsf)
+    except Exception:  # noqa: BLE001 - a failed fit keeps the EPSF itself
+        return None
+    stamp = fit(xx, yy)  # sampled as the EPSF is, at pixel centres
+    if not np.isfinite(stamp).all() or stamp.sum() <= 0:
+        return None
+    return stamp / stamp.sum(), float(fit.alpha.value)

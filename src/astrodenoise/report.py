@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from . import io
 from .cutouts import gallery_path
+from .photometry import APERTURES
 from .provenance import code_version
 from .summary import BIAS_LIMIT, reference_kind, summarise, summarise_injection, verdicts
 
@@ -42,6 +43,17 @@ def _figure_uri(fig: Figure) -> str:
     return _png_data_uri(buffer.getvalue())
 
 
+#: The aperture of the plots against magnitude: 2 x FWHM with a local sky, as astronomers
+#: measure (every aperture is in the tables).
+PLOT_APERTURE = "2fwhm"
+
+
+def _by_magnitude(scores: dict) -> list[dict]:
+    """Bias per magnitude bin in :data:`PLOT_APERTURE` (the single aperture of older runs)."""
+    rows = scores.get("photometry_by_magnitude_apertures", {}).get(PLOT_APERTURE)
+    return rows if rows is not None else scores.get("photometry_by_magnitude", [])
+
+
 def _photometry_png(evaluations: list[dict], kinds: list[str]) -> str | None:
     """Flux bias against magnitude, per image kind: mean over exposures, weighted by n."""
     fig = Figure(figsize=(6.4, 3.6))
@@ -49,7 +61,7 @@ def _photometry_png(evaluations: list[dict], kinds: list[str]) -> str | None:
     for kind in kinds:
         bins: dict[float, list] = {}
         for e in evaluations:
-            for row in e["scores"].get(kind, {}).get("photometry_by_magnitude", []):
+            for row in _by_magnitude(e["scores"].get(kind, {})):
                 bins.setdefault(row["mag"], []).append((row["bias"], row["n"]))
         if bins:
             mags = sorted(bins)
@@ -131,7 +143,9 @@ def _injection_png(rows: list[dict]) -> str | None:
     for row in rows:
         mags = [b["mag"] for b in row["bins"]]
         line, = left.plot(mags, [b["completeness"] for b in row["bins"]], marker="o", label=row["method"])
-        right.plot(mags, [100 * b["bias"] for b in row["bins"]], marker="o", color=line.get_color())
+        bias = [b["bias"][PLOT_APERTURE] for b in row["bins"]]
+        right.plot(mags, [100 * v if v is not None else np.nan for v in bias], marker="o",
+                   color=line.get_color())
     left.axhline(0.5, color="0.6", lw=0.8)
     left.axhline(0.9, color="0.6", lw=0.8)
     left.set_xlabel("injected magnitude - 5-sigma limit")
@@ -139,7 +153,37 @@ def _injection_png(rows: list[dict]) -> str | None:
     left.legend(fontsize=7, ncol=2)
     right.axhspan(-BIAS_LIMIT * 100, BIAS_LIMIT * 100, color="0.9")
     right.set_xlabel("injected magnitude - 5-sigma limit")
-    right.set_ylabel("recovered flux bias (%)")
+    right.set_ylabel(f"recovered flux bias, {PLOT_APERTURE[0]} x FWHM (%)")
+    return _figure_uri(fig)
+
+
+def _aperture_png(rows: list[dict], injection: list[dict]) -> str | None:
+    """Bright and faint flux bias against aperture, per image kind: against the reference
+    (solid) and of the injected sources (dashed), error bars the standard errors."""
+    if not any(r.get("apertures") for r in rows) and not injection:
+        return None
+    fig = Figure(figsize=(9.6, 3.6))
+    axes = fig.subplots(1, 2, sharey=False)
+    keys = list(APERTURES)
+    x = np.arange(len(keys))
+    for ax, cls in zip(axes, ("bright", "faint"), strict=True):
+        colours = {}
+        for style, table in (("-", rows), ("--", injection)):
+            for row in table:
+                cells = [row.get("apertures", {}).get(k, {}) for k in keys]
+                if not any(cells):
+                    continue
+                bias = [100 * c[f"{cls}_bias"] if c.get(f"{cls}_bias") is not None else np.nan for c in cells]
+                err = [100 * (c.get(f"{cls}_se") or 0) for c in cells]
+                bar = ax.errorbar(x, bias, yerr=err, ls=style, marker="o", capsize=2,
+                                  color=colours.get(row["method"]),
+                                  label=None if row["method"] in colours else row["method"])
+                colours.setdefault(row["method"], bar.lines[0].get_color())
+        ax.axhspan(-BIAS_LIMIT * 100, BIAS_LIMIT * 100, color="0.9")
+        ax.set_xticks(x, [k.replace("fwhm", " x FWHM") for k in keys])
+        ax.set_title(f"{cls} sources", fontsize=9)
+        ax.set_ylabel("flux bias (%)")
+    axes[0].legend(fontsize=7, ncol=2)
     return _figure_uri(fig)
 
 
@@ -237,7 +281,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         n_exposures=len(evals), reference_kind=reference_kind(evals),
         plots={"photometry": _photometry_png(evals, kinds), "completeness": _completeness_png(rows),
                "residual": _residual_png(evals, kinds), "power": _power_png(evals, kinds),
-               "injection": _injection_png(injection)},
+               "injection": _injection_png(injection), "apertures": _aperture_png(rows, injection)},
         injection=injection,
         psfs=[(e["exposure"], e.get("psf"), (e.get("injection") or {}).get("m5")) for e in evals],
         noise=[io.read_json(p) for p in noise_files],
@@ -249,7 +293,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         config_yaml=yaml.safe_dump(config or {}, sort_keys=False),
         code_version=code_version(),
         created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        bias_limit=BIAS_LIMIT,
+        bias_limit=BIAS_LIMIT, apertures=APERTURES,
     )
     if out_summary:
         io.write_json(out_summary, _summary_json(survey, evals, rows, injection, verdict))

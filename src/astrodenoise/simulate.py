@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.modeling.models import Sersic2D
 from astropy.table import Table
 from astropy.wcs import WCS
 from scipy.signal import fftconvolve
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from . import io
 from .provenance import code_version
+from .sources import pixel_integrate, sersic_profile, subpixel_grid
 
 __all__ = [
     "SimulationConfig",
@@ -44,9 +44,6 @@ __all__ = [
     "render_mosaic_band",
     "write_mosaic",
 ]
-
-_OVERSAMPLE = 5  # sub-pixel samples per axis when integrating profiles over pixels
-
 
 @dataclass(frozen=True)
 class SimulationConfig:
@@ -97,40 +94,21 @@ def _moffat_gamma(fwhm_pix: float, beta: float) -> float:
     return fwhm_pix / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
 
 
-def _subpixel_grid(half: int, dx: float, dy: float) -> tuple[np.ndarray, np.ndarray]:
-    """Sample offsets of a (2*half+1)^2 stamp, oversampled, relative to (dx, dy)."""
-    n = 2 * half + 1
-    step = 1.0 / _OVERSAMPLE
-    axis = np.arange(n * _OVERSAMPLE) * step - half - 0.5 + step / 2
-    yy, xx = np.meshgrid(axis - dy, axis - dx, indexing="ij")
-    return yy, xx
-
-
-def _bin(samples: np.ndarray) -> np.ndarray:
-    n = samples.shape[0] // _OVERSAMPLE
-    return samples.reshape(n, _OVERSAMPLE, n, _OVERSAMPLE).mean(axis=(1, 3))
-
-
 def moffat_psf(fwhm_pix: float, beta: float, *, half: int, dx: float = 0.0, dy: float = 0.0):
     """Return a pixel-integrated Moffat PSF stamp of shape (2*half+1, 2*half+1), sum 1.
 
     ``dx, dy`` shift the centre by a sub-pixel amount (pixels).
     """
     gamma = _moffat_gamma(fwhm_pix, beta)
-    yy, xx = _subpixel_grid(half, dx, dy)
-    stamp = _bin((1.0 + (xx**2 + yy**2) / gamma**2) ** (-beta))
+    yy, xx = subpixel_grid(half, dx, dy)
+    stamp = pixel_integrate((1.0 + (xx**2 + yy**2) / gamma**2) ** (-beta))
     return stamp / stamp.sum()
 
 
 def _sersic_stamp(rng: np.random.Generator, half: int, dx: float, dy: float, r_eff: float):
     n = rng.uniform(0.5, 4.0)
-    model = Sersic2D(
-        amplitude=1.0, r_eff=r_eff, n=n, x_0=dx, y_0=dy,
-        ellip=rng.uniform(0.0, 0.7), theta=rng.uniform(0, np.pi),
-    )
-    yy, xx = _subpixel_grid(half, 0.0, 0.0)
-    stamp = _bin(model(xx, yy))
-    return stamp / stamp.sum(), n
+    ellip, theta = rng.uniform(0.0, 0.7), rng.uniform(0, np.pi)
+    return sersic_profile(half, r_eff=r_eff, n=n, ellip=ellip, theta=theta, dx=dx, dy=dy), n
 
 
 def _draw_magnitudes(rng, count: int, lo: float, hi: float, slope: float) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 
 from .detection import depth90, pool_detection_bins
 from .inject import summarise_recovery
+from .photometry import APERTURES
 
 __all__ = ["BIAS_LIMIT", "kinds", "summarise", "summarise_injection", "verdicts", "reference_kind"]
 
@@ -48,6 +49,28 @@ def _detection_summary(scores: list[dict]) -> dict:
             "detection_bins": pooled}
 
 
+def _aperture_rows(scores: list[dict]) -> dict:
+    """Per aperture of :data:`~astrodenoise.photometry.APERTURES`, the mean over exposures
+    of the bright and faint flux bias (with its standard error), of the robust scatter,
+    and the sources counted; empty when no exposure has them."""
+    cells = [s["photometry_apertures"] for s in scores if "photometry_apertures" in s]
+    out = {}
+    for key in APERTURES if cells else ():
+        row = out[key] = {}
+        for cls in ("bright", "faint"):
+            biases = [c[key][cls]["bias"] for c in cells]
+            row[f"{cls}_bias"], row[f"{cls}_se"] = _mean(biases), _standard_error(biases)
+            row[f"{cls}_scatter"] = _mean(c[key][cls]["scatter"] for c in cells)
+            row[f"{cls}_n"] = sum(c[key][cls]["n"] for c in cells)
+    return out
+
+
+def _over_limit(apertures: dict) -> list[str]:
+    """``"<class> <aperture>"`` of every |bias| above :data:`BIAS_LIMIT`."""
+    return [f"{cls} {key}" for key, row in apertures.items() for cls in ("bright", "faint")
+            if row.get(f"{cls}_bias") is not None and abs(row[f"{cls}_bias"]) > BIAS_LIMIT]
+
+
 def summarise(evaluations: list[dict]) -> list[dict]:
     """One row per image kind: means over exposures of each score, pooled detection.
 
@@ -55,7 +78,10 @@ def summarise(evaluations: list[dict]) -> list[dict]:
     with the standard error of that mean, ``bright_se``/``faint_se``);
     completeness and purity are pooled (counts summed over exposures) before the 90%
     depth is read off; ``n_false`` (detections matching no catalogue source) is summed.
-    ``flag_bright``/``flag_faint`` mark |bias| > :data:`BIAS_LIMIT`.
+    ``flag_bright``/``flag_faint`` mark |bias| > :data:`BIAS_LIMIT` in the aperture of
+    radius ``aperture_fwhm``; ``apertures`` holds the biases in every aperture an
+    astronomer uses (1, 2, 3 x FWHM with a local sky, Kron), ``over_limit`` those above
+    the limit, and ``flag`` is set when any is.
     """
     rows = []
     for kind in kinds(evaluations):
@@ -70,7 +96,9 @@ def summarise(evaluations: list[dict]) -> list[dict]:
             row[f"{cls}_bias"], row[f"{cls}_se"] = _mean(biases), _standard_error(biases)
             row[f"{cls}_n"] = sum(s.get("photometry", {}).get(cls, {}).get("n", 0) for s in scores)
             row[f"flag_{cls}"] = row[f"{cls}_bias"] is not None and abs(row[f"{cls}_bias"]) > BIAS_LIMIT
-        row["flag"] = row["flag_bright"] or row["flag_faint"]
+        row["apertures"] = _aperture_rows(scores)
+        row["over_limit"] = _over_limit(row["apertures"])
+        row["flag"] = row["flag_bright"] or row["flag_faint"] or bool(row["over_limit"])
         row["residual_source"] = _mean(s.get("residual", {}).get("source_mean") for s in scores)
         row |= _detection_summary(scores)
         rows.append(row)
@@ -89,10 +117,12 @@ def summarise_injection(evaluations: list[dict], kinds: list[str]) -> list[dict]
     """One row per image kind of the injection-recovery test, sources pooled over exposures.
 
     :func:`astrodenoise.inject.summarise_recovery` per kind: flux bias of bright and faint
-    injected sources with bootstrap standard errors, 50% and 90% completeness magnitudes
-    relative to each exposure's 5-sigma limit (``m50``, ``m90``) and, per magnitude bin,
-    completeness and bias; plus the gain of ``m50``/``m90`` over the input and
-    ``flag_bright``/``flag_faint`` for |bias| > :data:`BIAS_LIMIT`. Empty when no
+    injected sources with bootstrap standard errors in every aperture (the headline
+    ``bright_bias``/``faint_bias`` at the aperture where it is largest in size), 50% and
+    90% completeness magnitudes relative to each exposure's 5-sigma limit (``m50``,
+    ``m90``) and, per magnitude bin, completeness and bias; plus the gain of
+    ``m50``/``m90`` over the input, ``over_limit`` (class and aperture of every |bias| >
+    :data:`BIAS_LIMIT`) and ``flag_bright``/``flag_faint`` when any is. Empty when no
     evaluation has injected sources.
     """
     blocks = [e.get("injection") for e in evaluations]
@@ -106,8 +136,9 @@ def summarise_injection(evaluations: list[dict], kinds: list[str]) -> list[dict]
         for key in ("m50", "m90"):
             row[f"{key}_gain"] = (row[key] - base[key] if base and row[key] is not None
                                   and base[key] is not None else None)
+        row["over_limit"] = _over_limit(row["apertures"])
         for cls in ("bright", "faint"):
-            row[f"flag_{cls}"] = row[f"{cls}_bias"] is not None and abs(row[f"{cls}_bias"]) > BIAS_LIMIT
+            row[f"flag_{cls}"] = any(item.startswith(cls) for item in row["over_limit"])
     return rows
 
 
@@ -118,7 +149,8 @@ def verdicts(rows: list[dict], injection: list[dict] = ()) -> list[dict]:
     (all-pixel PSNR would reward removing cosmic rays alone), else by blank-sky RMS
     ratio; a model "beats" it when its score is higher. A model is "biased" when a flux
     bias of :func:`summarise` (sources of the reference) or of
-    :func:`summarise_injection` (injected sources) exceeds :data:`BIAS_LIMIT`.
+    :func:`summarise_injection` (injected sources) exceeds :data:`BIAS_LIMIT` in any
+    aperture (listed in ``over_limit`` and ``injected_over_limit``).
     """
     injected = {r["method"]: r for r in injection}
     baselines = [r for r in rows if r["role"] == "baseline"]
@@ -133,7 +165,9 @@ def verdicts(rows: list[dict], injection: list[dict] = ()) -> list[dict]:
                     "biased": row["flag"] or bool(inj.get("flag_bright") or inj.get("flag_faint")),
                     "bright_bias": row["bright_bias"], "faint_bias": row["faint_bias"],
                     "injected_bright_bias": inj.get("bright_bias"),
-                    "injected_faint_bias": inj.get("faint_bias")})
+                    "injected_faint_bias": inj.get("faint_bias"),
+                    "over_limit": row.get("over_limit", []),
+                    "injected_over_limit": [f"injected {item}" for item in inj.get("over_limit", [])]})
     return out
 
 

@@ -36,7 +36,7 @@ from . import io
 from .alignment import load_aligned
 from .model import UNet, UNetConfig
 from .noise_model import read_noise_model
-from .photometry import aperture_radius
+from .photometry import APERTURE_FACTORS, aperture_radius
 from .provenance import code_version
 from .psf import PSF, measure_psf
 from .sampling import Exposure, PatchSampler, hide_lines, n2v_mask
@@ -46,7 +46,8 @@ from .sources import source_stamps
 from .transform import Normalisation, to_data
 
 __all__ = ["METHODS", "TrainConfig", "method_settings", "blind_line_axis", "survey_psf", "injection_stamp",
-           "make_sampler", "flux_loss", "train_model", "write_curve", "plot_curve", "read_exposures", "train"]
+           "probe_stamps", "make_sampler", "flux_loss", "train_model", "write_curve", "plot_curve",
+           "read_exposures", "train"]
 
 METHODS = ("n2v", "n2n")
 
@@ -201,6 +202,15 @@ def injection_stamp(psf: PSF, *, largest: int = 31) -> np.ndarray:
     return stamp / stamp.sum()
 
 
+def probe_stamps(psf: PSF, rng: np.random.Generator, *, patch_size: int) -> np.ndarray:
+    """The sources the training probe (and the flux loss) inject: the survey's PSF cut to
+    :func:`injection_stamp` and PSF-convolved Sersic galaxies
+    (:func:`astrodenoise.sources.source_stamps`), all on the stamp of the PSF (2 FWHM
+    half-side, below half a patch), so that several fit across the probe's strip."""
+    largest = min(patch_size // 2 - 1, max(7, int(np.ceil(2 * psf.fwhm))))
+    return source_stamps(injection_stamp(psf, largest=largest), rng, fwhm=psf.fwhm, largest=largest)
+
+
 def make_sampler(exposures: list[Exposure], norms: list[Normalisation], config: TrainConfig,
                  rng: np.random.Generator, *, keep_axes: bool = False, stamps: np.ndarray | None = None,
                  radius: float | None = None) -> PatchSampler:
@@ -332,13 +342,14 @@ def _prepare(exposures: list[Exposure], config: TrainConfig) -> _Run:
     axis = blind_line_axis(exposures, config)
     psf = survey_psf(exposures) if config.inject or config.flux_weight else None
     stamps = radius = None
+    # The injected sources draw from a stream of their own: probing changes no patch.
+    probe_rng = np.random.default_rng([config.seed, 1])
     if psf is not None:
-        stamps = source_stamps(injection_stamp(psf, largest=config.patch_size // 2 - 1), rng)
-        radius = aperture_radius(psf.fwhm)
+        stamps, radius = probe_stamps(psf, probe_rng, patch_size=config.patch_size), aperture_radius(psf.fwhm)
     sampler = make_sampler(exposures, norms, config, rng, keep_axes=axis is not None,
                            stamps=stamps if config.flux_weight else None, radius=radius)
     val_batches = [sampler.batch(val=True) for _ in range(4)]
-    probe = PhotometryProbe(exposures, norms, rng, stamps=stamps, radius=radius,
+    probe = PhotometryProbe(exposures, norms, probe_rng, stamps=stamps, fwhm=psf.fwhm,
                             val_fraction=config.val_fraction, step=2**config.model.depth,
                             patch_size=config.patch_size) if config.inject else None
     model = UNet(config.model)
@@ -453,7 +464,9 @@ def train_model(exposures: list[Exposure], config: TrainConfig, *, resume: dict 
     return _checkpoint(state, run, config, resumable=False)
 
 
-CURVE_COLUMNS = ["step", "train_loss", "val_loss", "bias_bright", "bias_faint", "lr", "seconds"]
+CURVE_COLUMNS = ["step", "train_loss", "val_loss", "bias_bright", "bias_faint",
+                 *(f"bias_{cls}_{f:g}fwhm" for cls in ("bright", "faint") for f in APERTURE_FACTORS),
+                 "lr", "seconds"]
 
 
 def write_curve(path: str | Path, history: list[dict]) -> None:
