@@ -256,6 +256,19 @@ def test_verdict_ranks_baselines_without_cosmic_ray_pixels():
     assert verdict["delta"] == pytest.approx(-1.0) and not verdict["beats"]
 
 
+def _render(tmp_path, evaluations: list[dict]) -> str:
+    """The report of ``evaluations`` (one field, one shared figure) as HTML; its summary
+    JSON beside it."""
+    paths = []
+    for i, evaluation in enumerate(evaluations):
+        paths.append(tmp_path / "field00" / f"e{i}.json")
+        io.write_json(paths[-1], evaluation)
+    (tmp_path / "e.png").write_bytes(PNG)
+    report([str(p) for p in paths], [str(tmp_path / "e.png")] * len(paths), out_html=str(tmp_path / "r.html"),
+           survey="demo", out_summary=str(tmp_path / "summary.json"))
+    return (tmp_path / "r.html").read_text()
+
+
 def _injection_block(m5, *, n2n_faint):
     """Injected sources of one exposure: 40 from m5 - 4 to m5 + 1.5; the input measures
     them unbiased and finds those brighter than m5; n2n keeps the cores (faint bias
@@ -298,14 +311,7 @@ def test_injection_summary_pools_exposures_and_flags_a_dimming_model(tmp_path):
     assert verdict["injected_faint_bias"] == pytest.approx(-0.04) and verdict["biased"] is True
     assert verdict["injected_over_limit"] == ["injected faint 3fwhm"]
 
-    paths = []
-    for i, evaluation in enumerate(evaluations):
-        paths.append(tmp_path / "field00" / f"e{i}.json")
-        io.write_json(paths[-1], evaluation)
-    (tmp_path / "e.png").write_bytes(PNG)
-    report([str(p) for p in paths], [str(tmp_path / "e.png")] * 2, out_html=str(tmp_path / "r.html"),
-           survey="demo", out_summary=str(tmp_path / "summary.json"))
-    html = (tmp_path / "r.html").read_text()
+    html = _render(tmp_path, evaluations)
     summary = io.read_json(tmp_path / "summary.json")
 
     shown = next(r for r in summary["injection"] if r["method"] == "n2n")
@@ -371,14 +377,7 @@ def test_a_bias_in_any_aperture_turns_the_verdict_red_and_the_report_shows_every
     assert verdict["biased"] and verdict["over_limit"] == ["faint kron"]
     assert not rows["gaussian"]["over_limit"] or "faint kron" not in rows["gaussian"]["over_limit"]
 
-    paths = []
-    for i, evaluation in enumerate(evaluations):
-        paths.append(tmp_path / "field00" / f"e{i}.json")
-        io.write_json(paths[-1], evaluation)
-    (tmp_path / "e.png").write_bytes(PNG)
-    report([str(p) for p in paths], [str(tmp_path / "e.png")] * 2, out_html=str(tmp_path / "r.html"),
-           survey="demo")
-    html = (tmp_path / "r.html").read_text()
+    html = _render(tmp_path, evaluations)
     table = html[html.index('id="aperture-table"'):]
     table = table[:table.index("</table>")]
     n2n_row = table[table.index('data-method="n2n"'):]
