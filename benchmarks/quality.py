@@ -281,6 +281,13 @@ def _prediction_line(config: dict) -> str:
                if config.get("repair_outliers") else "off."))
 
 
+def _percent(value: float | None, spread: float | None, *, form: str = "({:.2f})") -> str:
+    """``+1.23 (4.56)``: a fraction and its spread in percent; n/a for what was not measured."""
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.2f} " + ("n/a" if spread is None else form.format(100 * spread))
+
+
 def _aperture_table(summary: dict) -> list[str]:
     """Markdown rows of the flux bias at 1, 2 and 3 x FWHM, each with its robust scatter."""
     keys = list(APERTURES)
@@ -292,7 +299,7 @@ def _aperture_table(summary: dict) -> list[str]:
              "(robust scatter %).",
              "", f"| method | {head} |", "|---|" + "---|" * (2 * len(keys))]
     for m, s in summary.items():
-        cells = [f"{100 * a['bias']:+.2f} ({100 * a['scatter']:.2f})"
+        cells = [_percent(a["bias"], a["scatter"])
                  for cls in ("bright", "faint") for a in (s["apertures"][k][cls] for k in keys)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
@@ -335,9 +342,8 @@ def _agreement_table(agreement: dict) -> list[str]:
         for cls in ("bright", "faint"):
             for key in keys:
                 c = cells[key][cls]
-                row.append("n/a" if c["injected"] is None else
-                           f"{100 * c['injected']:+.1f} ± {100 * (c['injected_se'] or 0):.1f} "
-                           f"[{100 * c['difference']:+.1f}]")
+                difference = "n/a" if c["difference"] is None else f"{100 * c['difference']:+.1f}"
+                row.append(f"{_percent(c['injected'], c['injected_se'], form='± {:.2f}')} [{difference}]")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     return lines
 

@@ -66,7 +66,8 @@ def exposure_seed(name: str, seed: int) -> int:
 
 def injection_stamps(psf: PSF, rng: np.random.Generator) -> np.ndarray:
     """The point source (``psf``) and :data:`GALAXY_SHAPES` galaxies convolved with it, on
-    stamps of at most 4 FWHM half-side (inside the local-sky annulus of the photometry)."""
+    square stamps of 4 FWHM half-side (or the PSF's own, if larger): their light ends at
+    the inner edge of the local-sky annulus along the axes, its corners reach into it."""
     largest = max(psf.stamp.shape[0] // 2, int(np.ceil(4 * psf.fwhm)))
     return source_stamps(psf.stamp, rng, fwhm=psf.fwhm, galaxies=GALAXY_SHAPES, largest=largest)
 
@@ -262,10 +263,12 @@ def summarise_recovery(per_exposure: list[dict], method: str, *, bin_width: floa
             for name, part in (("point", ~extended), ("extended", extended)):
                 row[f"{cls}_{name}_bias"] = _median(values[pick & part])
     for cls in ("bright", "faint"):
-        worst = max(out["apertures"], key=lambda k: abs(out["apertures"][k][f"{cls}_bias"] or 0))
+        measured = [k for k, row in out["apertures"].items() if row[f"{cls}_bias"] is not None]
+        worst = max(measured, key=lambda k: abs(out["apertures"][k][f"{cls}_bias"]), default=None)
+        cell = out["apertures"].get(worst, {})
         out[f"{cls}_aperture"] = worst
-        out[f"{cls}_bias"] = out["apertures"][worst][f"{cls}_bias"]
-        out[f"{cls}_se"] = out["apertures"][worst][f"{cls}_se"]
+        for stat in ("bias", "se", "n"):
+            out[f"{cls}_{stat}"] = cell.get(f"{cls}_{stat}", 0 if stat == "n" else None)
     out["m50"] = completeness_magnitude(mags, found, 0.5, bin_width=bin_width)
     out["m90"] = completeness_magnitude(mags, found, 0.9, bin_width=bin_width)
     bins = []

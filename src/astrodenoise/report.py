@@ -294,6 +294,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         code_version=code_version(),
         created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         bias_limit=BIAS_LIMIT, apertures=APERTURES,
+        aperture_fwhm=float(evals[0].get("config", {}).get("aperture_fwhm", 1.0)),
     )
     if out_summary:
         io.write_json(out_summary, _summary_json(survey, evals, rows, injection, verdict))

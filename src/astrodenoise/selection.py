@@ -29,9 +29,10 @@ class PhotometryProbe:
 
     At each validation, :meth:`measure` takes the flux that the model returns for the
     injected sources in apertures of 1, 2 and 3 x the FWHM of the survey's PSF
-    (:data:`~astrodenoise.photometry.APERTURE_FACTORS`, as injection-recovery and the
-    evaluation measure): model(strip + sources) - model(strip), mapped back to data units,
-    so that the strip's own sources and noise cancel. Injected sources are stars and
+    (:data:`~astrodenoise.photometry.APERTURE_FACTORS`, the radii injection-recovery and
+    the evaluation use; plain sums, without their local sky, which the narrow strip has
+    no room for): model(strip + sources) - model(strip), mapped back to data units, so
+    that the strip's own sources and noise cancel. Injected sources are stars and
     Sersic galaxies (the stamps of :func:`astrodenoise.sources.source_stamps`), with photon
     noise when the gain is known. Two faint (S/N 6-18 in an aperture of radius FWHM)
     sources for every bright one (S/N 60-400).

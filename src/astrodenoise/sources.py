@@ -85,9 +85,10 @@ def source_stamps(psf: np.ndarray, rng: np.random.Generator, *, fwhm: float, gal
     """(1 + galaxies, s, s) stamps of sum 1: the point source ``psf`` first, then
     :func:`galaxy_stamps`, all on one stamp size, so that injected sources are stars and
     galaxies like those a survey holds."""
+    if not galaxies:
+        return (psf / psf.sum())[None]
     extended = galaxy_stamps(psf, rng, galaxies, fwhm=fwhm, largest=largest)
-    half = extended.shape[1] // 2 if galaxies else psf.shape[0] // 2
-    point = _centred(psf, half)
+    point = _centred(psf, extended.shape[1] // 2)
     return np.concatenate([(point / point.sum())[None], extended])
 
 
