@@ -50,7 +50,8 @@ Metrics (per exposure; the table shows the mean over exposures, or the pooled me
   wings a denoiser flattens show at 2 and 3 x FWHM, the core it keeps at 1 x. Classes by
   the true 1 x FWHM S/N as above.
   ``kron``: SExtractor's MAG_AUTO aperture (photometry.kron_fluxes), defined on the
-  truth (segmented above 1 noise sigma) and laid on every image, with a local background.
+  truth (segmented above 1 noise sigma) and laid on every image, less the same masked local sky
+  as the circular apertures (from beyond the Kron aperture where it reaches past 4 FWHM).
 - ``change_bright`` / ``change_faint``: median of ``(F - F_input) / F_true``: the
   change of flux the method itself makes, free of the input's noise.
 - ``detections``: 5-sigma detections in source-free sky, summed over exposures. The

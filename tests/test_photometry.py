@@ -7,13 +7,19 @@ import pytest
 
 from astrodenoise.photometry import (
     aperture_fluxes,
+    aperture_snr,
+    aperture_suite,
     flux_bias,
     kron_fluxes,
     local_sky,
+    median_se,
     multi_aperture_fluxes,
     photometry_by_magnitude,
+    snr_classes,
 )
 from astrodenoise.psf import FWHM_PER_SIGMA
+from astrodenoise.simulate import SimulationConfig, simulate_exposure, simulate_field
+from astrodenoise.sky import estimate_background, source_mask
 
 
 def test_flux_bias_per_class_counts_and_bias():
@@ -137,3 +143,33 @@ def test_kron_fluxes_recover_a_gaussian_and_see_its_flattened_wings():
     assert fluxes["flattened"][0] / fluxes["truth"][0] - 1 < -0.15
     assert fluxes["flattened"][1] == pytest.approx(fluxes["truth"][1])
     assert np.isnan(fluxes["truth"][2])
+
+
+
+def test_kron_fluxes_of_a_noisy_exposure_read_its_truth_in_a_crowded_field():
+    """A perfect denoiser (the noisy exposure itself) must read no bias against the truth.
+    In a demo-survey field, faint sources have neighbours whose wings fill a rectangular
+    background annulus next to the Kron aperture: its clipped median over noise and that
+    light is not the truth's, and the input read -2.9% on the demo. The masked local sky
+    beyond the aperture reads the same sky on both."""
+    config = SimulationConfig(size=384, cosmic_rays_per_mpix=0.0)
+    ratios, snr = [], []
+    for field in range(2):
+        truth, catalogue, _, fwhm = simulate_field(config, field, np.random.default_rng(5 + field))
+        positions = np.column_stack([catalogue["x"], catalogue["y"]])
+        reference = aperture_fluxes(truth - np.median(truth), positions, radius=fwhm)
+        for seed in range(6):
+            noisy = simulate_exposure(truth, config, np.random.default_rng(seed)).astype(np.float64)
+            background, rms = estimate_background(noisy)
+            mask, sigma = source_mask(noisy, background, rms), float(np.median(rms))
+            fluxes = aperture_suite({"truth": truth, "noisy": noisy}, positions, fwhm=fwhm,
+                                    kron_reference=truth - background, threshold=sigma,
+                                    background=background, mask=mask)
+            ratios.append(fluxes["noisy"]["kron"] / fluxes["truth"]["kron"] - 1)
+            snr.append(aperture_snr(reference, radius=fwhm, sigma=sigma, gain=config.gain))
+    ratio, faint = np.concatenate(ratios), snr_classes(np.concatenate(snr))["faint"]
+    pick = faint & np.isfinite(ratio)
+
+    median, se = median_se(ratio[pick], np.random.default_rng(0))
+    assert pick.sum() > 200
+    assert abs(median) < max(3 * se, 0.01)

@@ -82,7 +82,8 @@ def multi_aperture_fluxes(image: np.ndarray, positions: np.ndarray, *, fwhm: flo
 
 
 def kron_fluxes(images: dict[str, np.ndarray], reference: np.ndarray, positions: np.ndarray, *,
-                threshold: float, fwhm: float) -> dict[str, np.ndarray]:
+                threshold: float, fwhm: float, annulus: tuple[float, float] = SKY_ANNULUS,
+                mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Kron fluxes (SExtractor's MAG_AUTO: 2.5 Kron radii, at least 1.4) of the sources at
     ``positions`` in every image, through apertures defined once, on ``reference``.
 
@@ -90,9 +91,14 @@ def kron_fluxes(images: dict[str, np.ndarray], reference: np.ndarray, positions:
     noise-free image, data units) is segmented above ``threshold`` (data units per pixel,
     at least 5 connected pixels, deblended), each segment's elliptical Kron aperture is
     measured there, and the same apertures are laid on every image of ``images`` (each
-    background-subtracted, same grid), with a local background from a rectangular annulus
-    of 2 FWHM around each. A position outside every segment, or whose Kron radius cannot
-    be measured, reads NaN. Returns ``{name: (n,) fluxes}`` (data units).
+    background-subtracted, same grid). Each flux is less the local sky of that image
+    (:func:`local_sky`, the sources of ``mask`` left out) times the aperture's area, from
+    the circular ``annulus`` (in FWHM) of the circular apertures, or, for a Kron aperture
+    whose semi-major axis reaches beyond its inner edge, from an annulus of the same
+    width starting there: the sky is never taken from the source's own light, and the
+    same pixels are used on every image, so a reference and an image of it read the same
+    sky. A position outside every segment, or whose Kron radius cannot be measured,
+    reads NaN. Returns ``{name: (n,) fluxes}`` (data units).
     """
     segments = SourceFinder(n_pixels=5, deblend=True, progress_bar=False)(np.nan_to_num(reference), threshold)
     nan = np.full(len(positions), np.nan)
@@ -102,17 +108,47 @@ def kron_fluxes(images: dict[str, np.ndarray], reference: np.ndarray, positions:
     x = np.clip(np.round(positions[:, 0]).astype(int), 0, nx - 1)
     y = np.clip(np.round(positions[:, 1]).astype(int), 0, ny - 1)
     labels = segments.data[y, x]
-    width = max(3, int(round(2 * fwhm)))
-    detection = SourceCatalog(np.nan_to_num(reference), segments, local_bkg_width=width)
+    detection = SourceCatalog(np.nan_to_num(reference), segments, local_bkg_width=0)
     index = {label: i for i, label in enumerate(detection.labels)}
     rows = np.array([index.get(label, -1) for label in labels])
+    area, inner = _kron_geometry(detection, rows, inner=annulus[0] * fwhm)
+    width = (annulus[1] - annulus[0]) * fwhm
     out = {}
     for name, image in images.items():
         catalog = SourceCatalog(np.nan_to_num(image), segments, detection_catalog=detection,
-                                local_bkg_width=width)
+                                local_bkg_width=0)
         flux = np.asarray(catalog.kron_flux, dtype=float)
-        out[name] = np.where(rows >= 0, flux[np.maximum(rows, 0)], np.nan)
+        sky = _sky_in_annuli(image, positions, inner, width, mask)
+        out[name] = np.where(rows >= 0, flux[np.maximum(rows, 0)] - sky * area, np.nan)
     return out
+
+
+def _kron_geometry(detection: SourceCatalog, rows: np.ndarray, *,
+                   inner: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per position (``rows`` into ``detection``, -1: none), the area of its Kron aperture
+    (NaN without one) and the inner radius of its sky annulus: ``inner``, or the
+    aperture's semi-major axis where that is larger (rounded up to half a pixel, so that
+    sources of about one size share an annulus and are measured together)."""
+    area = np.full(len(rows), np.nan)
+    radius = np.full(len(rows), inner)
+    apertures = detection.kron_aperture
+    for i, row in enumerate(rows):
+        aperture = apertures[row] if row >= 0 else None
+        if aperture is not None:
+            area[i] = aperture.area
+            radius[i] = max(inner, np.ceil(2 * float(aperture.a)) / 2)
+    return area, radius
+
+
+def _sky_in_annuli(image: np.ndarray, positions: np.ndarray, inner: np.ndarray, width: float,
+                   mask: np.ndarray | None) -> np.ndarray:
+    """:func:`local_sky` of each position in an annulus from its ``inner`` radius to
+    ``inner + width``; positions that share an inner radius are measured together."""
+    sky = np.full(len(positions), np.nan)
+    for radius in np.unique(inner):
+        pick = inner == radius
+        sky[pick] = local_sky(image, positions[pick], inner=radius, outer=radius + width, mask=mask)
+    return sky
 
 
 #: The apertures every flux bias is quoted in: circular ones of :data:`APERTURE_FACTORS`
@@ -130,11 +166,11 @@ def aperture_suite(images: dict[str, np.ndarray], positions: np.ndarray, *, fwhm
     of ``mask`` (the sources: the same pixels for every image;
     :func:`multi_aperture_fluxes`); Kron apertures are defined once on ``kron_reference``
     (background-subtracted, segmented above ``threshold`` per pixel) and laid on every
-    ``image - background`` (:func:`kron_fluxes`). Data units; NaN where a Kron aperture
-    could not be defined.
+    ``image - background``, each less its own local sky (the same ``mask``;
+    :func:`kron_fluxes`). Data units; NaN where a Kron aperture could not be defined.
     """
     kron = kron_fluxes({name: image - background for name, image in images.items()}, kron_reference,
-                       positions, threshold=threshold, fwhm=fwhm)
+                       positions, threshold=threshold, fwhm=fwhm, mask=mask)
     return {name: multi_aperture_fluxes(image, positions, fwhm=fwhm, mask=mask) | {"kron": kron[name]}
             for name, image in images.items()}
 

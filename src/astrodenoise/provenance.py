@@ -26,7 +26,7 @@ STEP_VERSIONS = {
     "register": 1,
     "train": 5,
     "predict": 5,
-    "evaluate": 7,
+    "evaluate": 8,
     "report": 6,
 }
 
