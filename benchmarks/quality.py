@@ -17,6 +17,17 @@ survey, in one run, and writes ``benchmarks/quality_results.json`` and ``.md``; 
     .venv/bin/snakemake --cores 2 --configfile config/check.yaml
     .venv/bin/python benchmarks/quality.py --survey check
 
+Every run scores the models twice: on the survey's own exposures (the ones they were
+trained on: what the workflow delivers for those data) and on **unseen fields** of the
+same survey (its generator with the next seed, ``results/simulate/<survey>-unseen``, noise
+measured as the noise step measures it; ``UNSEEN_FIELDS`` of them): sources no network
+has seen. A network trained
+on a few fields learns their actual sources (Noise2Noise on the demo's 2 fields x 3
+exposures: faint-star flux bias +0.4% at 2 x FWHM on its own fields, +14% on unseen
+ones), so only the unseen fields say what a survey too large to be memorised gets, and
+that is what injection-recovery (novel sources by construction) must agree with.
+``--no-unseen`` skips them.
+
 ``--train`` trains both networks (or ``--methods``) on the demo exposures with the
 ``train`` block of config/config.yaml (``--set key=value`` overrides a key, YAML values),
 saves them under benchmarks/quality_models/ (``--model-dir``) and records the training
@@ -70,11 +81,14 @@ Metrics (per exposure; the table shows the mean over exposures, or the pooled me
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
+import check_survey
 import numpy as np
 import yaml
 from astropy.stats import mad_std
@@ -87,6 +101,7 @@ from astrodenoise import io
 from astrodenoise.baselines import DENOISERS
 from astrodenoise.metrics import blank_sky_rms, psnr
 from astrodenoise.model import UNet, UNetConfig
+from astrodenoise.noise import estimate_noise
 from astrodenoise.noise_model import NoiseModel, pixel_sigma, read_noise_model
 from astrodenoise.photometry import (
     APERTURES,
@@ -100,6 +115,7 @@ from astrodenoise.photometry import (
     snr_classes,
 )
 from astrodenoise.sampling import Exposure
+from astrodenoise.simulate import SimulationConfig, write_demo_survey
 from astrodenoise.sky import estimate_background, source_mask
 from astrodenoise.tiling import PredictConfig, denoise_planes
 from astrodenoise.train import TrainConfig, method_settings, train_model
@@ -114,6 +130,38 @@ def noise_json(results: Path, survey: str, exposure: str) -> Path:
     if not found:
         raise FileNotFoundError(f"no noise JSON for {exposure} under {results / 'noise' / survey}")
     return found[0]
+
+
+#: Fields of unseen sky scored per survey: enough faint sources for a median whose
+#: standard error is near 1 point.
+UNSEEN_FIELDS = 6
+
+
+def write_unseen(results: Path, survey: str, *, n_fields: int = UNSEEN_FIELDS) -> str:
+    """Write ``n_fields`` fields of ``survey`` that no network has seen and return their
+    survey name, ``<survey>-unseen``: the same generator and settings (config/config.yaml's
+    simulate block for the demo, :class:`check_survey.CheckConfig` for the check survey)
+    with the next seed, and each exposure's noise JSON as the noise step measures it
+    (:func:`astrodenoise.noise.estimate_noise`, gain from the header)."""
+    name = f"{survey}-unseen"
+    out = results / "simulate" / name
+    for folder in (out, results / "noise" / name):  # this benchmark's own: no stale field stays
+        shutil.rmtree(folder, ignore_errors=True)
+    if survey == "demo":
+        settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["simulate"]
+        config = SimulationConfig.from_dict(settings)
+        write_demo_survey(out, dataclasses.replace(config, seed=config.seed + 1, n_fields=n_fields))
+    elif survey == "check":
+        config = check_survey.CheckConfig()
+        unseen = dataclasses.replace(config, seed=config.seed + 1, n_fields=n_fields)
+        check_survey.write_check_survey(out, unseen)
+    else:
+        raise ValueError(f"no generator for unseen fields of survey {survey!r}; run with --no-unseen")
+    for raw in sorted((out / "raw").glob("*.fits")):
+        data, header = io.read_fits_image(raw)[:2]
+        noise = estimate_noise(data.astype(np.float32), header=header) | {"exposure": raw.stem}
+        io.write_json(results / "noise" / name / f"{raw.stem}.json", noise)
+    return name
 
 
 def demo_exposures(results: Path, survey: str) -> list[Exposure]:
@@ -306,10 +354,19 @@ def _aperture_table(summary: dict) -> list[str]:
     return lines
 
 
-def injection_agreement(results: Path, survey: str, summary: dict) -> dict:
+def _median_se(cell: dict) -> float | None:
+    """Asymptotic standard error of a median, 1.2533 x robust scatter / sqrt(n)."""
+    if cell["scatter"] is None or not cell["n"]:
+        return None
+    return 1.2533 * cell["scatter"] / np.sqrt(cell["n"])
+
+
+def injection_agreement(results: Path, survey: str, summary: dict, unseen: dict | None = None) -> dict:
     """Per method and aperture, the workflow report's injection-recovery bias (no truth
-    used) beside this benchmark's truth-based bias of the same models: {method: {aperture:
-    {class: {"injected", "injected_se", "truth", "difference"}}}}; empty without a report."""
+    used) beside this benchmark's truth-based bias of the same models, on the survey's own
+    fields and on ``unseen`` ones (the summary of :func:`write_unseen`'s fields): {method:
+    {aperture: {class: {"injected", "injected_se", "truth", "truth_se", "difference",
+    "unseen", "unseen_se", "difference_unseen"}}}}; empty without a report."""
     path = results / "report" / survey / "summary.json"
     if not path.exists():
         return {}
@@ -322,38 +379,63 @@ def injection_agreement(results: Path, survey: str, summary: dict) -> dict:
         for key, cells in row["apertures"].items():
             out[method][key] = {}
             for cls in ("bright", "faint"):
-                truth, got = summary[method]["apertures"][key][cls]["bias"], cells[f"{cls}_bias"]
-                out[method][key][cls] = {"injected": got, "injected_se": cells[f"{cls}_se"], "truth": truth,
-                                         "difference": None if got is None or truth is None else got - truth}
+                got = cells[f"{cls}_bias"]
+                cell = {"injected": got, "injected_se": cells[f"{cls}_se"]}
+                for name, source in (("truth", summary), ("unseen", unseen)):
+                    ref = (source or {}).get(method, {}).get("apertures", {}).get(key, {}).get(cls)
+                    bias = None if ref is None else ref["bias"]
+                    cell |= {name: bias, f"{name}_se": None if ref is None else _median_se(ref),
+                             "difference" if name == "truth" else "difference_unseen":
+                                 None if got is None or bias is None else got - bias}
+                out[method][key][cls] = cell
     return out
 
 
 def _agreement_table(agreement: dict) -> list[str]:
-    """Markdown rows: injected-source bias (± SE) and its difference from the truth's."""
+    """Markdown rows: injected-source bias (± SE) and its difference from the truth's on
+    the survey's own fields and on unseen ones."""
     if not agreement:
         return []
     keys = list(APERTURES)
     head = " | ".join(f"{cls} {k[:-4] + '×FWHM' if k != 'kron' else 'Kron'}" for cls in ("bright", "faint")
                       for k in keys)
     lines = ["", "Injection-recovery of the workflow's report (no truth used) against the truth-based bias "
-             "above, same models: injected % ± SE [injected − truth, points].", "",
+             "of the same models: injected % ± SE [injected − truth on the survey's own fields / "
+             "on unseen fields, points]. The injected sources are new to the networks, as the sources "
+             "of unseen fields are.", "",
              f"| method | {head} |", "|---|" + "---|" * (2 * len(keys))]
+
+    def points(value):
+        return "n/a" if value is None else f"{100 * value:+.1f}"
+
     for method, cells in agreement.items():
         row = []
         for cls in ("bright", "faint"):
             for key in keys:
                 c = cells[key][cls]
-                difference = "n/a" if c["difference"] is None else f"{100 * c['difference']:+.1f}"
-                row.append(f"{_percent(c['injected'], c['injected_se'], form='± {:.2f}')} [{difference}]")
+                row.append(f"{_percent(c['injected'], c['injected_se'], form='± {:.2f}')} "
+                           f"[{points(c['difference'])} / {points(c.get('difference_unseen'))}]")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     return lines
 
 
-def markdown(summary: dict, meta: dict) -> str:
-    """The summary as a markdown table (biases in percent)."""
-    lines = [f"# Denoising quality on the {meta['survey']} survey ({meta['n_exposures']} single exposures)",
-             "", "Metric definitions: module docstring of benchmarks/quality.py.", "",
-             "| method | PSNR dB | PSNR clean dB | SSIM | RMS ratio | bright bias % | faint bias % "
+def _truth_se_line(summary: dict, unseen: dict | None) -> str:
+    """The standard error of the truth-based faint-source medians (per network, worst aperture)."""
+    parts = []
+    for name, source in (("own fields", summary), ("unseen fields", unseen)):
+        if not source:
+            continue
+        se = [_median_se(s["apertures"][k]["faint"]) for m, s in source.items() if m in ("n2n", "n2v")
+              for k in APERTURES]
+        se = [v for v in se if v is not None]
+        if se:
+            parts.append(f"{name} up to {100 * max(se):.1f}")
+    return ("Standard error of the truth-based faint-source medians of the networks (points): "
+            + "; ".join(parts) + ".") if parts else ""
+
+
+def _main_table(summary: dict) -> list[str]:
+    lines = ["| method | PSNR dB | PSNR clean dB | SSIM | RMS ratio | bright bias % | faint bias % "
              "| bright change % | faint change % | 5σ det. (new) | unmatched | s/exposure |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, s in summary.items():
@@ -363,11 +445,31 @@ def markdown(summary: dict, meta: dict) -> str:
             f"| {100 * s['bias_faint']:+.2f} ± {100 * s['se_faint']:.2f} "
             f"| {100 * s['change_bright']:+.2f} | {100 * s['change_faint']:+.2f} "
             f"| {s['detections']} ({s['new_detections']:+d}) | {s['unmatched']} | {s['seconds']:.2f} |")
-    lines += _aperture_table(summary)
-    lines += _agreement_table(meta.get("injection_agreement", {}))
+    return lines
+
+
+def _sources_line(summary: dict) -> str:
     n = next(iter(summary.values()))
-    lines += ["", f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
-              "(5 < S/N < 20).", "", f"Models: {meta['models']}; kept steps {meta['model_steps']}; "
+    return (f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
+            "(5 < S/N < 20).")
+
+
+def markdown(summary: dict, meta: dict, unseen: dict | None = None) -> str:
+    """The summary as markdown tables (biases in percent): the survey's own exposures,
+    then ``unseen`` fields (:func:`write_unseen`), then injection against both."""
+    lines = [f"# Denoising quality on the {meta['survey']} survey ({meta['n_exposures']} single exposures)",
+             "", "Metric definitions: module docstring of benchmarks/quality.py.", "",
+             "## The survey's own exposures (the networks were trained on them)", ""]
+    lines += _main_table(summary) + _aperture_table(summary) + ["", _sources_line(summary)]
+    if unseen:
+        lines += ["", f"## Unseen fields of the same survey ({meta['unseen']['n_exposures']} exposures of "
+                  f"{meta['unseen']['survey']}: same generator, next seed; no network has seen their "
+                  "sources)", ""]
+        lines += _main_table(unseen) + _aperture_table(unseen) + ["", _sources_line(unseen)]
+    lines += ["", "## Injection-recovery against the truth"]
+    lines += _agreement_table(meta.get("injection_agreement", {}))
+    lines += ["", _truth_se_line(summary, unseen)]
+    lines += ["", f"Models: {meta['models']}; kept steps {meta['model_steps']}; "
               f"domain {meta['normalisation']}.", "", _prediction_line(meta["predict_config"]), ""]
     for m, s in summary.items():
         if "train_seconds" in s:
@@ -423,6 +525,8 @@ def main(argv=None) -> None:
                         help="with --train: override keys of the train block of config/config.yaml")
     parser.add_argument("--predict-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override keys of the predict block of config/config.yaml")
+    parser.add_argument("--no-unseen", action="store_true",
+                        help="do not score the models on unseen fields of the same survey")
     parser.add_argument("--out", type=Path, default=None,
                         help="output path without suffix (.json and .md are written; default "
                              "benchmarks/quality_results for the demo, benchmarks/quality_<survey> else)")
@@ -442,13 +546,19 @@ def main(argv=None) -> None:
     predict |= {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.predict_set)}
     config = PredictConfig.from_dict(predict | {"precision": "float32"})
     summary, meta = run(args.results, args.survey, models, args.baselines, config=config)
+    unseen = None
+    if not args.no_unseen:
+        fields = write_unseen(args.results, args.survey)
+        unseen, unseen_meta = run(args.results, fields, models, args.baselines, config=config)
+        meta["unseen"] = {k: unseen_meta[k] for k in ("survey", "n_exposures")}
     meta["predict_config"] = config.__dict__
-    meta["injection_agreement"] = injection_agreement(args.results, args.survey, summary)
+    meta["injection_agreement"] = injection_agreement(args.results, args.survey, summary, unseen)
     for method, row in timing.items():
         summary[method] |= row
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2) + "\n")
-    table = markdown(summary, meta)
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "unseen": unseen}, indent=2) + "\n")
+    table = markdown(summary, meta, unseen)
     args.out.with_suffix(".md").write_text(table)
     print(table)
 

@@ -27,7 +27,7 @@ STEP_VERSIONS = {
     "train": 5,
     "predict": 5,
     "evaluate": 8,
-    "report": 6,
+    "report": 7,
 }
 
 
