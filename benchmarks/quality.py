@@ -116,6 +116,7 @@ from astrodenoise.photometry import (
     aperture_snr,
     aperture_suite,
     bias_by_aperture,
+    catalog_zeropoint,
     median_se,
     snr_classes,
 )
@@ -520,7 +521,7 @@ def injection_recovery_of(raw: Path, ctx: dict, denoisers: dict, images: dict) -
     sources)."""
     settings = EvaluateConfig()
     table = Table.read(raw.parents[1] / "catalog" / f"{raw.stem.rsplit('_', 1)[0]}.ecsv", format="ascii.ecsv")
-    zeropoint = float(np.median(np.asarray(table["mag"]) + 2.5 * np.log10(np.asarray(table["flux"]))))
+    zeropoint = catalog_zeropoint(table["mag"], table["flux"])
     data, noise = ctx["data"], ctx["noise"]
     bad = ~np.isfinite(data)
     psf = measure_psf(data, ctx["background"], sigma=noise.sigma, bad=bad, fwhm_guess=ctx["fwhm"])

@@ -9,6 +9,7 @@ from astrodenoise.photometry import (
     aperture_fluxes,
     aperture_snr,
     aperture_suite,
+    catalog_zeropoint,
     flux_bias,
     kron_fluxes,
     local_sky,
@@ -145,7 +146,6 @@ def test_kron_fluxes_recover_a_gaussian_and_see_its_flattened_wings():
     assert np.isnan(fluxes["truth"][2])
 
 
-
 def test_kron_fluxes_of_a_noisy_exposure_read_its_truth_in_a_crowded_field():
     """A perfect denoiser (the noisy exposure itself) must read no bias against the truth.
     In a demo-survey field, faint sources have neighbours whose wings fill a rectangular
@@ -173,3 +173,11 @@ def test_kron_fluxes_of_a_noisy_exposure_read_its_truth_in_a_crowded_field():
     median, se = median_se(ratio[pick], np.random.default_rng(0))
     assert pick.sum() > 200
     assert abs(median) < max(3 * se, 0.01)
+
+
+def test_catalog_zeropoint_is_the_median_offset_of_magnitude_and_flux():
+    flux = np.array([100.0, 1000.0, 10.0])
+    mag = 25.0 - 2.5 * np.log10(flux) + np.array([0.0, 0.0, 0.3])  # one outlier
+
+    assert catalog_zeropoint(mag, flux) == pytest.approx(25.0)
+    assert catalog_zeropoint(np.empty(0), np.empty(0)) == 0.0

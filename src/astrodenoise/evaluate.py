@@ -96,6 +96,7 @@ from .photometry import (
     aperture_snr,
     aperture_suite,
     bias_by_aperture,
+    catalog_zeropoint,
     flux_bias,
     photometry_by_magnitude,
 )
@@ -185,7 +186,7 @@ def _sources(catalog: str | None, data, background, mask, header, config, psf=No
     if catalog:
         table = Table.read(catalog, format="ascii.ecsv")
         flux, mag = np.asarray(table["flux"], float), np.asarray(table["mag"], float)
-        zeropoint = float(np.median(mag + 2.5 * np.log10(flux))) if len(table) else 0.0
+        zeropoint = catalog_zeropoint(mag, flux)
         return {"positions": np.column_stack([table["x"], table["y"]]), "mag": mag, "zeropoint": zeropoint,
                 "fwhm": float(table.meta.get("fwhm_pix", fwhm)), "catalog": True}
     positions, flux = detect(data, background=background, mask=mask,

@@ -15,7 +15,8 @@ from photutils.segmentation import SourceCatalog, SourceFinder
 __all__ = ["BRIGHT_SNR", "FAINT_SNR", "aperture_radius", "aperture_fluxes", "aperture_fraction",
            "aperture_weights", "aperture_snr", "APERTURE_FACTORS", "SKY_ANNULUS", "local_sky",
            "multi_aperture_fluxes", "kron_fluxes", "APERTURES", "aperture_suite", "bias_by_aperture",
-           "snr_classes", "flux_bias", "magnitude_bins", "photometry_by_magnitude", "median_se"]
+           "snr_classes", "flux_bias", "magnitude_bins", "catalog_zeropoint", "photometry_by_magnitude",
+           "median_se"]
 
 #: S/N classes of sources, by the S/N of the reference (or the true S/N of an injected
 #: source): bright above ``BRIGHT_SNR``, faint between the two ``FAINT_SNR`` bounds.
@@ -215,6 +216,13 @@ def flux_bias(flux: np.ndarray, reference: np.ndarray, snr: np.ndarray) -> dict:
             "scatter": float(mad_std(ratio)) if pick.sum() > 2 else None,
         }
     return out
+
+
+def catalog_zeropoint(mag: np.ndarray, flux: np.ndarray) -> float:
+    """The zero point of a catalogue's magnitudes for its fluxes (data units): the median of
+    ``mag + 2.5 log10(flux)``; 0 for an empty catalogue."""
+    mag, flux = np.asarray(mag, dtype=float), np.asarray(flux, dtype=float)
+    return float(np.median(mag + 2.5 * np.log10(flux))) if len(mag) else 0.0
 
 
 def magnitude_bins(mags: np.ndarray, width: float) -> np.ndarray:
