@@ -1,13 +1,16 @@
 """Benchmark: how injection-recovery measures an injected source, against the truth.
 
 The evaluate step's injection-recovery (:mod:`astrodenoise.inject`) measures each
-injected source on ``denoised(injected) - denoised(original)``. This benchmark injects
+injected source on ``denoised(injected) - denoised(original)``, plus what the denoiser
+adds to an empty aperture of blank sky (:func:`astrodenoise.inject.sky_offsets`). This benchmark injects
 the same sources the same way into the exposures of a simulated survey (truth known) and
 measures every source in every aperture of :data:`astrodenoise.photometry.APERTURES` in
 several ways, so that a disagreement between the check without truth and the truth can
 be traced to its cause:
 
-- ``difference``: the evaluate step's way (:func:`astrodenoise.inject.recover`);
+- ``evaluate``: the evaluate step's way (:func:`astrodenoise.inject.recover` with the
+  denoiser's empty-sky offsets);
+- ``difference``: the difference image alone (the evaluate step's way until the offsets);
 - ``own_sky``: ``F(denoised(injected)) - F(denoised(original))``, each image measured with
   its own local sky, over the model's flux;
 - ``blank``: ``F(denoised(original)) - F(input)`` at the same positions, over the model's
@@ -44,13 +47,21 @@ import yaml
 from astrodenoise import io
 from astrodenoise.baselines import DENOISERS
 from astrodenoise.evaluate import EvaluateConfig
-from astrodenoise.inject import exposure_seed, inject, injection_stamps, plan_injection, recover
+from astrodenoise.inject import (
+    exposure_seed,
+    inject,
+    injection_sites,
+    injection_stamps,
+    plan_injection,
+    recover,
+    sky_offsets,
+)
 from astrodenoise.photometry import APERTURES, aperture_fluxes, aperture_snr, aperture_suite, snr_classes
 from astrodenoise.psf import measure_psf
 from astrodenoise.tiling import PredictConfig
 
 REPO = Path(__file__).resolve().parents[1]
-WAYS = ("difference", "own_sky", "blank", "own_sky_blank", "truth")
+WAYS = ("evaluate", "difference", "own_sky", "blank", "own_sky_blank", "truth")
 
 
 def exposure_rows(raw: Path, results: Path, survey: str,
@@ -74,11 +85,16 @@ def exposure_rows(raw: Path, results: Path, survey: str,
                        sigma=noise.sigma, gain=noise.gain)
     original = {m: fn(data, noise) for m, fn in methods.items()}
     with_sources = {m: fn(injected, noise) for m, fn in methods.items()}
-    difference = recover({m: with_sources[m] - original[m] for m in methods}, model, plan, fwhm=fwhm,
-                         threshold=noise.sigma, mask=mask)
+    differences = {m: with_sources[m] - original[m] for m in methods}
+    where = injection_sites(mask | bad, stamps.shape[1] // 2)
+    offsets = sky_offsets({m: original[m] - data for m in methods}, where, fwhm=fwhm, select=data, mask=mask)
+    shipped = recover(differences, model, plan, fwhm=fwhm, threshold=noise.sigma, select=injected, mask=mask,
+                      offsets=offsets)
+    difference = recover(differences, model, plan, fwhm=fwhm, threshold=noise.sigma, select=injected,
+                         mask=mask)
     truth = ctx["truth"]
     kwargs = {"fwhm": fwhm, "kron_reference": truth + model - background, "threshold": noise.sigma,
-              "background": background, "mask": mask}
+              "select": injected, "background": background, "mask": mask}
     after = aperture_suite(with_sources | {"__truth": truth + model}, plan["positions"], **kwargs)
     before = aperture_suite(original | {"__truth": truth, "__input": data}, plan["positions"], **kwargs)
     rows = {m: {w: {} for w in WAYS} for m in methods}
@@ -87,6 +103,7 @@ def exposure_rows(raw: Path, results: Path, survey: str,
             flux = after["__truth"][a] - before["__truth"][a]  # the model's, measured as the rest
             own = (after[m][a] - before[m][a]) / flux - 1
             blank = (before[m][a] - before["__input"][a]) / flux
+            rows[m]["evaluate"][a] = np.array([np.nan if v is None else v for v in shipped[m][a]])
             rows[m]["difference"][a] = np.array([np.nan if v is None else v for v in difference[m][a]])
             rows[m]["own_sky"][a], rows[m]["blank"][a], rows[m]["own_sky_blank"][a] = own, blank, own + blank
             rows[m]["truth"][a] = after[m][a] / after["__truth"][a] - 1
@@ -115,7 +132,7 @@ def summarise(per_exposure: list[tuple[dict, np.ndarray, np.ndarray]]) -> dict:
 
 def markdown(summary: dict, meta: dict) -> str:
     keys = list(APERTURES)
-    lines = [f"# Injected sources measured five ways, against the truth: {meta['survey']} "
+    lines = [f"# Injected sources measured six ways, against the truth: {meta['survey']} "
              f"({meta['n_exposures']} exposures, models of {meta['models']})", "",
              "Definitions: module docstring of benchmarks/injection_methods.py. "
              "Median % (1 / 2 / 3 × FWHM / Kron).", "",

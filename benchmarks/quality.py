@@ -58,9 +58,10 @@ Metrics (per exposure; the table shows the mean over exposures, or the pooled me
   blank-sky sigma and the gain. ``se_*`` is its bootstrap standard error. The noisy
   input's own bias shows what the metric reads for a perfect (identity) method.
 - ``apertures``: the same median bias, and its robust scatter (MAD), at circular apertures
-  of 1, 2 and 3 x FWHM, each minus the local sky (3-sigma-clipped median of an annulus of
-  4-6 FWHM without the input's source mask, photometry.aperture_suite, as the evaluate
-  step measures) on the image and on the truth alike: the
+  of 1, 2 and 3 x FWHM, each minus the local sky (the mean of an annulus of 4-6 FWHM
+  without the input's source mask and without what a 3-sigma clip of the input rejects,
+  photometry.aperture_suite, as the evaluate step measures) on the image and on the truth
+  alike, the same pixels for both: the
   wings a denoiser flattens show at 2 and 3 x FWHM, the core it keeps at 1 x. Classes by
   the true 1 x FWHM S/N as above.
   ``kron``: SExtractor's MAG_AUTO aperture (photometry.kron_fluxes), defined on the
@@ -288,7 +289,7 @@ def _apertures(image: np.ndarray, ctx: dict) -> dict[str, np.ndarray]:
     for the catalogue sources of the exposure: the evaluate step's measurement."""
     return aperture_suite({"image": image}, ctx["positions"], fwhm=ctx["fwhm"],
                           kron_reference=ctx["kron_reference"], threshold=ctx["noise"].sigma,
-                          background=ctx["background"], mask=ctx["mask"])["image"]
+                          select=ctx["data"], background=ctx["background"], mask=ctx["mask"])["image"]
 
 
 def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]) -> dict:
@@ -349,10 +350,10 @@ def _aperture_table(summary: dict) -> list[str]:
     keys = list(APERTURES)
     head = " | ".join(f"{cls} {k[:-4] + '×FWHM' if k != 'kron' else 'Kron'} %"
                       for cls in ("bright", "faint") for k in keys)
-    lines = ["", f"Flux bias by aperture, local sky from the 3σ-clipped median of a {SKY_ANNULUS[0]:g}-"
-             f"{SKY_ANNULUS[1]:g} FWHM annulus without the input's source mask (truth measured the same "
-             "way); Kron: 2.5 Kron radii defined on the truth, laid on every image: median % "
-             "(robust scatter %).",
+    lines = ["", f"Flux bias by aperture, local sky the mean of a {SKY_ANNULUS[0]:g}-"
+             f"{SKY_ANNULUS[1]:g} FWHM annulus without the input's source mask and its 3σ-clipped pixels "
+             "(the same pixels in the truth); Kron: 2.5 Kron radii defined on the truth, laid on every "
+             "image: median % (robust scatter %).",
              "", f"| method | {head} |", "|---|" + "---|" * (2 * len(keys))]
     for m, s in summary.items():
         cells = [_percent(a["bias"], a["scatter"])

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from astrodenoise.inject import (
     inject,
     injection_recovery,
+    injection_sites,
     injection_stamps,
     plan_injection,
     recover,
+    sky_offsets,
     summarise_recovery,
 )
 from astrodenoise.noise_model import NoiseModel
@@ -126,6 +129,41 @@ def test_injected_flux_is_the_planned_flux_and_photon_noise_follows_the_gain():
     assert np.std(extra[bright] / np.sqrt(model2[bright] / 0.5)) == pytest.approx(1.0, rel=0.1)
 
 
+def test_sky_offsets_read_the_light_a_denoiser_adds_to_empty_sky_and_clip_the_cosmic_rays_it_removes():
+    """A denoiser that brightens faint light around the sources it sees also brightens the
+    local-sky annulus of a source injected nearby: the difference image cancels that, a real
+    source's photometry does not. The offset reads it at the injection sites; cosmic rays
+    the denoiser removes (not in any truth) must not count."""
+    rng = np.random.default_rng(7)
+    data = SKY + rng.normal(0, SIGMA, (320, 320))
+    blocked = np.zeros(data.shape, bool)
+    blocked[100:140, 100:140] = True  # a source's footprint, not a site
+    # Light a denoiser adds within 5 pixels of the source: in the sky annulus (12-18 pixels)
+    # of sites near it, never in their 1 or 2 x FWHM apertures (sites are 12 pixels away).
+    band = ndimage.binary_dilation(blocked, iterations=5) & ~blocked
+    halo = np.where(band, 2.0 * SIGMA, 0.0)
+    hits = rng.integers(20, 300, size=(40, 2))
+    cosmic = data.copy()
+    cosmic[hits[:, 1], hits[:, 0]] += 400 * SIGMA
+    sites = injection_sites(blocked, 12)
+    fwhm = 3.0
+
+    # A perfect denoiser of the exposure with cosmic rays: the sky, the rays and the noise gone.
+    offsets = sky_offsets({"same": np.zeros(data.shape), "repairs": SKY - cosmic, "halo": SKY + halo - data},
+                          sites,
+                          fwhm=fwhm, select=cosmic, mask=blocked)
+
+    assert all(v == 0.0 for v in offsets["same"].values())
+    for key, value in offsets["repairs"].items():  # removing noise and cosmic rays changes no source
+        radius = float(key[0]) * fwhm
+        assert abs(value) < 0.1 * SIGMA * np.sqrt(np.pi) * radius, key  # a tenth of the aperture's noise
+    # Sites whose annulus reaches the band read its light as sky: the aperture loses that
+    # sky times its area, four times as much at 2 as at 1 x FWHM.
+    one, two = offsets["halo"]["1fwhm"], offsets["halo"]["2fwhm"]
+    assert two < one < 0
+    assert two / one == pytest.approx(4.0, rel=0.3)
+
+
 def _soft_threshold(image, level=1.5 * SIGMA):
     """A denoiser that keeps cores and flattens faint wings: |image - sky| shrunk by ``level``."""
     residual = image - SKY
@@ -140,7 +178,7 @@ def test_recovery_reads_zero_for_an_identity_a_uniform_dimming_everywhere_and_lo
 
     out = recover({"same": injected - data, "dim": dim(injected) - dim(data),
                    "soft": _soft_threshold(injected) - _soft_threshold(data)}, model, plan, fwhm=FWHM,
-                  threshold=SIGMA)
+                  threshold=SIGMA, select=injected)
 
     bright = plan["mag"] < plan["m5"] - 3
     for key in APERTURES:
@@ -180,7 +218,7 @@ def test_injection_recovery_agrees_with_the_truth_in_every_aperture():
         mask = np.abs(truth - SKY) > 0.01 * SIGMA  # the sources and their wings
         images = {kind: run(data) for kind, run in runners.items()} | {"truth": truth}
         fluxes = aperture_suite(images, positions, fwhm=FWHM, kron_reference=truth - SKY, threshold=SIGMA,
-                                background=SKY, mask=mask)
+                                select=data, background=SKY, mask=mask)
         for kind in runners:
             for key in APERTURES:
                 truth_ratios[kind][key].append(fluxes[kind][key] / fluxes["truth"][key] - 1)

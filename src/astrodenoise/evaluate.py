@@ -20,8 +20,9 @@ Gaussian-smoothing baseline) is scored the same way:
   when a catalogue exists, else instrumental ``-2.5 log10 F_ref``).
 - ``photometry_apertures``: the same bias and scatter measured as an astronomer measures
   it, in every aperture of :data:`astrodenoise.photometry.APERTURES`: circular apertures
-  of 1, 2 and 3 x FWHM each minus a local sky (3-sigma-clipped median of a 4-6 FWHM
-  annulus, the input's source mask left out) taken from the image itself, and Kron
+  of 1, 2 and 3 x FWHM each minus a local sky (the mean of a 4-6 FWHM annulus, the
+  input's source mask and what a 3-sigma clip of the input rejects left out: the same
+  pixels in every image, :func:`astrodenoise.photometry.local_sky`), and Kron
   apertures (2.5 Kron radii) defined on the reference (segmented above 1 sigma of the
   input's noise for the truth, 3 sigma of the reference's own noise otherwise) and laid
   on every image; the reference measured the same way. The wings a denoiser flattens
@@ -56,8 +57,10 @@ Gaussian-smoothing baseline) is scored the same way:
   exposure's 5-sigma limit ``m5`` (half of them at a faint S/N) and their photon noise go
   into blank sky of the input; every image kind denoises the injected exposure (the
   networks with their checkpoint and the predict settings recorded in their output), and
-  each source's recovered flux is measured on (with sources - without) against its true
-  flux in every aperture of ``photometry_apertures``, and "found" when a detection lies
+  each source's recovered flux is measured on (with sources - without), plus the flux
+  the image kind adds to an empty aperture of the same blank sky (``sky_offset`` per
+  circular aperture, :func:`astrodenoise.inject.sky_offsets`), against its true flux in
+  every aperture of ``photometry_apertures``, and "found" when a detection lies
   within the match radius where the image without them had none. Per source: magnitude,
   true S/N, point or extended, flux ratio - 1 per aperture, found; the report pools them.
 - ``repaired_pixels`` (networks): the pixels the predict step took for cosmic rays or hot
@@ -246,13 +249,15 @@ def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, re
             "threshold": sigma if not reference_sigma else 3 * reference_sigma}
 
 
-def _aperture_scores(images: dict, *, background, mask, phot: dict, mag: np.ndarray, config) -> dict:
+def _aperture_scores(images: dict, *, select, background, mask, phot: dict, mag: np.ndarray,
+                     config) -> dict:
     """Per image kind, ``photometry_apertures`` and ``photometry_by_magnitude_apertures``:
     every aperture of :data:`~astrodenoise.photometry.APERTURES` on the image against the
-    same aperture on the reference."""
+    same aperture on the reference, the sky of every image from the pixels chosen on
+    ``select`` (the input)."""
     fluxes = aperture_suite(images | {"__reference__": phot["image"]}, phot["positions"], fwhm=phot["fwhm"],
                             kron_reference=phot["kron_reference"], threshold=phot["threshold"],
-                            background=background, mask=mask)
+                            select=select, background=background, mask=mask)
     reference = fluxes.pop("__reference__")
     return {name: {"photometry_apertures": bias_by_aperture(flux, reference, phot["snr"]),
                    "photometry_by_magnitude_apertures": {
@@ -349,8 +354,9 @@ def _score_all(images: dict, data: np.ndarray, *, sky: dict, ref: dict, config) 
                                           sigma=noise.sigma, phot=ref["phot"], sources=ref["sources"],
                                           config=config, input_power=input_power)
     if ref["phot"] is not None:
-        for name, extra in _aperture_scores(images, background=background, mask=mask, phot=ref["phot"],
-                                            mag=ref["sources"]["mag"], config=config).items():
+        extras = _aperture_scores(images, select=data, background=background, mask=mask, phot=ref["phot"],
+                                  mag=ref["sources"]["mag"], config=config)
+        for name, extra in extras.items():
             scores[name] |= extra
     if truth is not None:
         # Cosmic rays are in the input, not in the reference: they dominate its MSE, and a

@@ -14,8 +14,10 @@ exactly as the original did, and the sources are measured and looked for again.
 - :func:`inject` adds them, with their photon noise when the gain is known.
 - :func:`recover` measures, for every denoiser, each injected source's flux on
   ``denoised(injected) - denoised(original)`` (the same denoiser on the exposure with and
-  without the sources, so that sky, neighbours and the denoiser's own artefacts cancel)
-  against its true flux, in every aperture an astronomer uses
+  without the sources, so that sky, neighbours and the denoiser's own artefacts cancel),
+  plus what the denoiser adds to an empty aperture of the same blank sky
+  (:func:`sky_offsets`: the difference cancels it, the photometry of a real source does
+  not), against its true flux, in every aperture an astronomer uses
   (:data:`astrodenoise.photometry.APERTURES`: 1, 2 and 3 x FWHM with a local sky, and
   Kron apertures defined on the noise-free injected sources), and whether a detection of
   the injected image lies within the match radius where the original had none
@@ -33,26 +35,34 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-from astropy.stats import mad_std
+from astropy.stats import mad_std, sigma_clip
 from scipy import ndimage
 
 from .detection import completeness_magnitude, detect, near
 from .noise_model import NoiseModel
 from .photometry import (
+    APERTURE_FACTORS,
     APERTURES,
     FAINT_SNR,
+    SKY_ANNULUS,
     aperture_fluxes,
     aperture_fraction,
+    aperture_radius,
     aperture_snr,
     aperture_suite,
+    circular_fluxes,
+    kron_areas,
     magnitude_bins,
     median_se,
+    sky_mean,
+    sky_pixels,
     snr_classes,
 )
 from .psf import PSF
 from .sources import source_stamps, with_photon_noise
 
-__all__ = ["GALAXY_SHAPES", "exposure_seed", "injection_stamps", "plan_injection", "inject", "recover",
+__all__ = ["GALAXY_SHAPES", "exposure_seed", "injection_stamps", "plan_injection", "inject",
+           "injection_sites", "sky_offsets", "recover",
            "injection_recovery", "summarise_recovery"]
 
 #: Galaxy shapes drawn per exposure; each injected galaxy takes one of them at random.
@@ -118,16 +128,27 @@ def plan_injection(shape: tuple[int, int], blocked: np.ndarray, stamps: np.ndarr
             "on_source": np.arange(len(positions)) >= n_blank, "m5": float(m5)}
 
 
-def _choose(chosen: list[tuple[int, int]], blocked: np.ndarray, half: int, count: int,
-            rng: np.random.Generator) -> None:
-    """Add to ``chosen`` random pixels a stamp half-width from ``blocked`` and the edge and
-    a stamp from every chosen one, until there are ``count``."""
+def _free(blocked: np.ndarray, half: int) -> np.ndarray:
+    """Pixels a stamp half-width from ``blocked`` and from the edge: where a source may go."""
     free = np.ones(blocked.shape, bool)
     if blocked.any():
         free = ~ndimage.maximum_filter(blocked, size=2 * half + 1)  # the stamp's square, not a diamond
     free[:half + 1, :] = free[-half - 1:, :] = False
     free[:, :half + 1] = free[:, -half - 1:] = False
-    ys, xs = np.nonzero(free)
+    return free
+
+
+def injection_sites(blocked: np.ndarray, half: int) -> np.ndarray:
+    """Where :func:`plan_injection` puts sources of stamp half-width ``half`` in blank sky:
+    a stamp half-width from every pixel of ``blocked`` and from the edge. Bool."""
+    return _free(blocked, half)
+
+
+def _choose(chosen: list[tuple[int, int]], blocked: np.ndarray, half: int, count: int,
+            rng: np.random.Generator) -> None:
+    """Add to ``chosen`` random pixels a stamp half-width from ``blocked`` and the edge and
+    a stamp from every chosen one, until there are ``count``."""
+    ys, xs = np.nonzero(_free(blocked, half))
     spacing = 2 * half + 1
     for i in rng.permutation(len(xs)):
         if len(chosen) >= count:
@@ -153,25 +174,88 @@ def inject(data: np.ndarray, stamps: np.ndarray, plan: dict, *, gain: float | No
     return (data + with_photon_noise(model, gain=gain, rng=rng)).astype(np.float32), model.astype(np.float32)
 
 
+def sky_offsets(changes: dict[str, np.ndarray], where: np.ndarray, *, fwhm: float, select: np.ndarray,
+                mask: np.ndarray | None = None, most: int = 3000) -> dict[str, dict[str, float]]:
+    """Per denoiser, the flux it adds to an empty circular aperture (data units; negative:
+    it takes light away), per aperture of :data:`~astrodenoise.photometry.APERTURE_FACTORS`,
+    where injected sources go.
+
+    ``changes``: per denoiser, its output minus its input on the exposure without the
+    sources; ``where`` (bool): the blank-sky pixels a source may be injected at
+    (:func:`injection_sites`; never on a source, whose own loss is no offset), of which at
+    most ``most``, evenly spread, are measured. Each aperture is less its local sky
+    (pixels chosen on ``select``, the input; the sources of ``mask`` left out), and the
+    mean is 4-sigma-clipped (robust sigma) over the positions: the input's cosmic rays,
+    which a denoiser removes and a truth does not have, are clipped. A denoiser that
+    brightens the faint wings of neighbours in the sky annulus, or erases sub-threshold
+    light, changes the photometry of every source by this much; a difference image
+    cancels it, so :func:`recover` adds it back. Zero where fewer than 10 positions exist.
+    """
+    ys, xs = np.nonzero(where)
+    keys = [f"{factor:g}fwhm" for factor in APERTURE_FACTORS]
+    if len(xs) < 10:
+        return {kind: dict.fromkeys(keys, 0.0) for kind in changes}
+    pick = np.linspace(0, len(xs) - 1, min(most, len(xs))).round().astype(int)
+    positions = np.column_stack([xs[pick], ys[pick]]).astype(float)
+    inner, outer = SKY_ANNULUS
+    pixels = sky_pixels(select, positions, inner=inner * fwhm, outer=outer * fwhm, mask=mask)
+    out = {}
+    for kind, change in changes.items():
+        change = np.nan_to_num(change)
+        fluxes = circular_fluxes(change, positions, fwhm=fwhm, sky=sky_mean(change, pixels))
+        out[kind] = {key: round(_clipped_mean(fluxes[key]), 6) for key in keys}
+    return out
+
+
+def _clipped_mean(values: np.ndarray) -> float:
+    """Mean of ``values`` 4-sigma-clipped about their median, sigma the robust (MAD) one."""
+    return float(sigma_clip(values, sigma=4.0, maxiters=5, stdfunc="mad_std").mean())
+
+
 def recover(differences: dict[str, np.ndarray], model: np.ndarray, plan: dict, *, fwhm: float,
-            threshold: float, mask: np.ndarray | None = None) -> dict[str, dict[str, list[float]]]:
+            threshold: float, select: np.ndarray, mask: np.ndarray | None = None,
+            offsets: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, list[float]]]:
     """Recovered flux ratio - 1 of each injected source, per denoiser and aperture.
 
     ``differences``: per denoiser, its output on the exposure with the sources minus its
     output without them; ``model``: the noise-free injected sources. Every aperture of
-    :data:`~astrodenoise.photometry.APERTURES` (local sky from each image without the
-    sources of ``mask``, as on the image itself; Kron apertures defined on ``model`` above
-    ``threshold`` per pixel) on the difference over the same
-    on ``model``. Returns ``{denoiser: {aperture: [ratio - 1, ...]}}`` (None where a Kron
-    aperture could not be defined).
+    :data:`~astrodenoise.photometry.APERTURES` (local sky from the pixels of each annulus
+    off the sources of ``mask`` that a clip of ``select``, the injected exposure, keeps:
+    as the image itself is measured, so that the difference's flux is the difference of
+    the fluxes; Kron apertures defined on ``model`` above ``threshold`` per pixel) on the
+    difference, plus the denoiser's empty-sky offset of that aperture (``offsets``,
+    :func:`sky_offsets`; for a Kron aperture interpolated in area between the circular
+    ones), over the same on ``model``. Returns ``{denoiser: {aperture: [ratio - 1,
+    ...]}}`` (None where a Kron aperture could not be defined).
     """
     images = {"true": model.astype(np.float64)} | {k: np.nan_to_num(d) for k, d in differences.items()}
     fluxes = aperture_suite(images, plan["positions"], fwhm=fwhm, kron_reference=images["true"],
-                            threshold=threshold, mask=mask)
+                            threshold=threshold, select=select, mask=mask)
     true = fluxes.pop("true")
-    return {kind: {key: [round(float(v), 6) if np.isfinite(v) else None for v in got[key] / true[key] - 1]
-                   for key in APERTURES}
-            for kind, got in fluxes.items()}
+    kron_area = kron_areas(images["true"], plan["positions"], threshold=threshold)
+    out = {}
+    for kind, got in fluxes.items():
+        offset = _offsets_per_aperture((offsets or {}).get(kind), fwhm=fwhm, kron_area=kron_area)
+        out[kind] = {key: [round(float(v), 6) if np.isfinite(v) else None
+                           for v in (got[key] + offset[key]) / true[key] - 1]
+                     for key in APERTURES}
+    return out
+
+
+def _offsets_per_aperture(offsets: dict[str, float] | None, *, fwhm: float,
+                          kron_area: np.ndarray) -> dict[str, np.ndarray | float]:
+    """The empty-sky offsets of :func:`sky_offsets` per aperture of
+    :data:`~astrodenoise.photometry.APERTURES`: the circular ones as measured, a Kron
+    aperture's from its area, linearly between the circular apertures' areas (and zero
+    at zero area), continued beyond the largest at its slope. Zero without offsets."""
+    if not offsets:
+        return dict.fromkeys(APERTURES, 0.0)
+    area = np.array([0.0] + [np.pi * aperture_radius(fwhm, factor=f) ** 2 for f in APERTURE_FACTORS])
+    value = np.array([0.0] + [offsets[f"{f:g}fwhm"] for f in APERTURE_FACTORS])
+    slope = (value[-1] - value[-2]) / (area[-1] - area[-2])
+    kron = np.where(kron_area > area[-1], value[-1] + slope * (kron_area - area[-1]),
+                    np.interp(kron_area, area, value))
+    return {f"{f:g}fwhm": offsets[f"{f:g}fwhm"] for f in APERTURE_FACTORS} | {"kron": kron}
 
 
 def _central_box(shape: tuple[int, int], region: int) -> tuple[slice, slice]:
@@ -217,19 +301,21 @@ def injection_recovery(data: np.ndarray, runners: dict, *, name: str, background
               "mag": [round(float(m), 4) for m in plan["mag"]], "snr": [round(float(v), 3) for v in snr],
               "extended": (plan["stamp"] > 0).tolist(), "on_source": int(plan["on_source"].sum())}
     whole = (hy, hx) == data.shape
-    differences = {}
+    differences, changes = {}, {}
     for kind, run in runners.items():
         original = known[kind] if whole and known and kind in known else run(data[box])
         out = run(injected)
-        differences[kind] = out - original
+        differences[kind], changes[kind] = out - original, original - data[box]
         found = [detect(img, background=background[box], mask=mask[box], threshold=detect_threshold,
                         fwhm=fwhm)[0] for img in (original, out)]
         hit = near(found[1], plan["positions"], match_radius * fwhm) \
             & ~near(found[0], plan["positions"], match_radius * fwhm)
         block["methods"][kind] = {"found": hit.tolist()}
-    for kind, ratios in recover(differences, model, plan, fwhm=fwhm, threshold=noise.sigma,
-                                mask=mask[box]).items():
-        block["methods"][kind]["flux_ratio"] = ratios
+    where = injection_sites(mask[box] | bad[box], stamps.shape[1] // 2)
+    offsets = sky_offsets(changes, where, fwhm=fwhm, select=data[box], mask=mask[box])
+    for kind, ratios in recover(differences, model, plan, fwhm=fwhm, threshold=noise.sigma, select=injected,
+                                mask=mask[box], offsets=offsets).items():
+        block["methods"][kind] |= {"flux_ratio": ratios, "sky_offset": offsets[kind]}
     return block
 
 

@@ -8,13 +8,14 @@ faint S/N classes, the flux bias statistics and the magnitude bins.
 from __future__ import annotations
 
 import numpy as np
-from astropy.stats import SigmaClip, mad_std
-from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
+from astropy.stats import mad_std, sigma_clip
+from photutils.aperture import ApertureMask, CircularAnnulus, CircularAperture, aperture_photometry
 from photutils.segmentation import SourceCatalog, SourceFinder
 
 __all__ = ["BRIGHT_SNR", "FAINT_SNR", "aperture_radius", "aperture_fluxes", "aperture_fraction",
-           "aperture_weights", "aperture_snr", "APERTURE_FACTORS", "SKY_ANNULUS", "local_sky",
-           "multi_aperture_fluxes", "kron_fluxes", "APERTURES", "aperture_suite", "bias_by_aperture",
+           "aperture_weights", "aperture_snr", "APERTURE_FACTORS", "SKY_ANNULUS", "sky_pixels", "sky_mean",
+           "local_sky", "circular_fluxes", "multi_aperture_fluxes", "kron_fluxes", "kron_areas", "APERTURES",
+           "aperture_suite", "bias_by_aperture",
            "snr_classes", "flux_bias", "magnitude_bins", "catalog_zeropoint", "photometry_by_magnitude",
            "median_se"]
 
@@ -48,33 +49,74 @@ APERTURE_FACTORS = (1.0, 2.0, 3.0)
 SKY_ANNULUS = (4.0, 6.0)
 
 
+def sky_pixels(select: np.ndarray, positions: np.ndarray, *, inner: float, outer: float,
+               mask: np.ndarray | None = None) -> list[tuple[ApertureMask, np.ndarray]]:
+    """Per source, the pixels of its circular sky annulus (``inner`` to ``outer`` pixels)
+    that its local sky is the mean of, chosen once on the image ``select``: without the
+    pixels of ``mask`` (True: other sources, as an astronomer masks neighbours) where at
+    least a fifth of the annulus is left, else all of it; without NaN pixels; and without
+    what a 3-sigma clip about the median of ``select`` rejects there (cosmic rays, what
+    the mask missed). Returns ``[(annulus mask, kept), ...]``: ``kept`` is a bool array
+    over the annulus pixels in the order :meth:`~photutils.aperture.ApertureMask.get_values`
+    gives them (pixels outside the image do not count), laid the same way on any image of
+    ``select``'s shape (:func:`sky_mean`). ``positions`` (n, 2) as (x, y)."""
+    annuli = CircularAnnulus(positions, r_in=inner, r_out=outer).to_mask(method="center")
+    blocked = np.zeros(select.shape) if mask is None else mask.astype(float)
+    out = []
+    for annulus in annuli:
+        values = annulus.get_values(select)
+        finite = np.isfinite(values)
+        kept = finite & (annulus.get_values(blocked) < 0.5)
+        if kept.sum() < 0.2 * len(values):
+            kept = finite
+        if kept.any():
+            kept[kept] = ~np.ma.getmaskarray(sigma_clip(values[kept], sigma=3.0, maxiters=5))
+        out.append((annulus, kept))
+    return out
+
+
+def sky_mean(image: np.ndarray, pixels: list[tuple[ApertureMask, np.ndarray]]) -> np.ndarray:
+    """Per source, the mean of ``image`` (data units per pixel) over the sky pixels of
+    :func:`sky_pixels` (NaN pixels of ``image`` left out; NaN where none is left)."""
+    sky = np.full(len(pixels), np.nan)
+    for i, (annulus, kept) in enumerate(pixels):
+        values = annulus.get_values(image)[kept]
+        values = values[np.isfinite(values)]
+        if len(values):
+            sky[i] = values.mean()
+    return sky
+
+
 def local_sky(image: np.ndarray, positions: np.ndarray, *, inner: float, outer: float,
-              mask: np.ndarray | None = None) -> np.ndarray:
-    """Per source, the 3-sigma-clipped median of ``image`` (data units per pixel) in a
-    circular annulus of ``inner`` to ``outer`` pixels, without the pixels of ``mask``
-    (True: other sources, as an astronomer masks neighbours) where at least a fifth of the
-    annulus is left, else of all of it: cosmic rays and what the mask missed are clipped,
-    NaN pixels do not count. ``positions`` (n, 2) as (x, y)."""
-    annulus = CircularAnnulus(positions, r_in=inner, r_out=outer)
-    nodata = ~np.isfinite(image)
-    clip = SigmaClip(sigma=3.0, maxiters=5)
-    sky = np.atleast_1d(np.asarray(ApertureStats(image, annulus, mask=nodata, sigma_clip=clip).median, float))
-    if mask is None:
-        return sky
-    masked = ApertureStats(image, annulus, mask=nodata | mask, sigma_clip=clip)
-    enough = np.atleast_1d(np.asarray(masked.sum_aper_area.value, float)) >= 0.2 * annulus.area
-    return np.where(enough, np.atleast_1d(np.asarray(masked.median, float)), sky)
+              mask: np.ndarray | None = None, select: np.ndarray | None = None) -> np.ndarray:
+    """Per source, the local sky of ``image`` (data units per pixel): the mean of the
+    annulus pixels :func:`sky_pixels` keeps, chosen on ``select`` (default ``image``).
+
+    A mean over pixels chosen once, not a median of each image, so that the photometry
+    is linear: an image and its noise-free truth, chosen on the same noisy ``select``,
+    read the same sky but for the noise (the input reads its truth without bias), and
+    the flux of a difference image is the difference of the fluxes."""
+    pixels = sky_pixels(image if select is None else select, positions, inner=inner, outer=outer, mask=mask)
+    return sky_mean(image, pixels)
 
 
 def multi_aperture_fluxes(image: np.ndarray, positions: np.ndarray, *, fwhm: float,
                           factors: tuple[float, ...] = APERTURE_FACTORS,
                           annulus: tuple[float, float] = SKY_ANNULUS,
-                          mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                          mask: np.ndarray | None = None,
+                          select: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Circular-aperture fluxes at radii ``factor * fwhm`` (:func:`aperture_radius`), each
     minus the local sky of :func:`local_sky` in the ``annulus`` (in FWHM, sources of
-    ``mask`` left out) times its area, as an astronomer measures them. Returns
-    ``{"1fwhm": (n,), "2fwhm": ..., ...}``, data units."""
-    sky = local_sky(image, positions, inner=annulus[0] * fwhm, outer=annulus[1] * fwhm, mask=mask)
+    ``mask`` left out, pixels chosen on ``select``, default ``image``) times its area, as
+    an astronomer measures them. Returns ``{"1fwhm": (n,), "2fwhm": ..., ...}``, data units."""
+    pixels = sky_pixels(image if select is None else select, positions, inner=annulus[0] * fwhm,
+                        outer=annulus[1] * fwhm, mask=mask)
+    return circular_fluxes(image, positions, fwhm=fwhm, factors=factors, sky=sky_mean(image, pixels))
+
+
+def circular_fluxes(image: np.ndarray, positions: np.ndarray, *, fwhm: float, sky: np.ndarray,
+                    factors: tuple[float, ...] = APERTURE_FACTORS) -> dict[str, np.ndarray]:
+    """:func:`multi_aperture_fluxes` with each source's local ``sky`` (per pixel) given."""
     out = {}
     for factor in factors:
         radius = aperture_radius(fwhm, factor=factor)
@@ -84,7 +126,7 @@ def multi_aperture_fluxes(image: np.ndarray, positions: np.ndarray, *, fwhm: flo
 
 def kron_fluxes(images: dict[str, np.ndarray], reference: np.ndarray, positions: np.ndarray, *,
                 threshold: float, fwhm: float, annulus: tuple[float, float] = SKY_ANNULUS,
-                mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                mask: np.ndarray | None = None, select: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Kron fluxes (SExtractor's MAG_AUTO: 2.5 Kron radii, at least 1.4) of the sources at
     ``positions`` in every image, through apertures defined once, on ``reference``.
 
@@ -93,35 +135,51 @@ def kron_fluxes(images: dict[str, np.ndarray], reference: np.ndarray, positions:
     at least 5 connected pixels, deblended), each segment's elliptical Kron aperture is
     measured there, and the same apertures are laid on every image of ``images`` (each
     background-subtracted, same grid). Each flux is less the local sky of that image
-    (:func:`local_sky`, the sources of ``mask`` left out) times the aperture's area, from
-    the circular ``annulus`` (in FWHM) of the circular apertures, or, for a Kron aperture
-    whose semi-major axis reaches beyond its inner edge, from an annulus of the same
-    width starting there: the sky is never taken from the source's own light, and the
-    same pixels are used on every image, so a reference and an image of it read the same
-    sky. A position outside every segment, or whose Kron radius cannot be measured,
-    reads NaN. Returns ``{name: (n,) fluxes}`` (data units).
+    (:func:`local_sky`: the sources of ``mask`` left out, the pixels chosen on ``select``,
+    by default on each image itself) times the aperture's area, from the circular
+    ``annulus`` (in FWHM) of the circular apertures, or, for a Kron aperture whose
+    semi-major axis reaches beyond its inner edge, from an annulus of the same width
+    starting there: the sky is never taken from the source's own light. A position
+    outside every segment, or whose Kron radius cannot be measured, reads NaN. Returns
+    ``{name: (n,) fluxes}`` (data units).
     """
-    segments = SourceFinder(n_pixels=5, deblend=True, progress_bar=False)(np.nan_to_num(reference), threshold)
-    nan = np.full(len(positions), np.nan)
+    segments, detection, rows = _kron_detection(reference, positions, threshold)
     if segments is None:
-        return {name: nan for name in images}
+        return {name: np.full(len(positions), np.nan) for name in images}
+    area, inner = _kron_geometry(detection, rows, inner=annulus[0] * fwhm)
+    width = (annulus[1] - annulus[0]) * fwhm
+    skies = _sky_in_annuli(images, positions, inner, width, mask, select)
+    out = {}
+    for name, image in images.items():
+        catalog = SourceCatalog(np.nan_to_num(image), segments, detection_catalog=detection,
+                                local_bkg_width=0)
+        flux = np.asarray(catalog.kron_flux, dtype=float)
+        out[name] = np.where(rows >= 0, flux[np.maximum(rows, 0)] - skies[name] * area, np.nan)
+    return out
+
+
+def kron_areas(reference: np.ndarray, positions: np.ndarray, *, threshold: float) -> np.ndarray:
+    """The area (pixels) of the Kron aperture of each position that :func:`kron_fluxes`
+    measures on ``reference`` segmented above ``threshold``; NaN without one."""
+    segments, detection, rows = _kron_detection(reference, positions, threshold)
+    if segments is None:
+        return np.full(len(positions), np.nan)
+    return _kron_geometry(detection, rows, inner=0.0)[0]
+
+
+def _kron_detection(reference: np.ndarray, positions: np.ndarray, threshold: float):
+    """The segmentation of ``reference`` above ``threshold``, its catalogue, and the row of
+    the catalogue each position falls in (-1: none); (None, None, None) without any."""
+    segments = SourceFinder(n_pixels=5, deblend=True, progress_bar=False)(np.nan_to_num(reference), threshold)
+    if segments is None:
+        return None, None, None
     ny, nx = reference.shape
     x = np.clip(np.round(positions[:, 0]).astype(int), 0, nx - 1)
     y = np.clip(np.round(positions[:, 1]).astype(int), 0, ny - 1)
     labels = segments.data[y, x]
     detection = SourceCatalog(np.nan_to_num(reference), segments, local_bkg_width=0)
     index = {label: i for i, label in enumerate(detection.labels)}
-    rows = np.array([index.get(label, -1) for label in labels])
-    area, inner = _kron_geometry(detection, rows, inner=annulus[0] * fwhm)
-    width = (annulus[1] - annulus[0]) * fwhm
-    out = {}
-    for name, image in images.items():
-        catalog = SourceCatalog(np.nan_to_num(image), segments, detection_catalog=detection,
-                                local_bkg_width=0)
-        flux = np.asarray(catalog.kron_flux, dtype=float)
-        sky = _sky_in_annuli(image, positions, inner, width, mask)
-        out[name] = np.where(rows >= 0, flux[np.maximum(rows, 0)] - sky * area, np.nan)
-    return out
+    return segments, detection, np.array([index.get(label, -1) for label in labels])
 
 
 def _kron_geometry(detection: SourceCatalog, rows: np.ndarray, *,
@@ -141,15 +199,21 @@ def _kron_geometry(detection: SourceCatalog, rows: np.ndarray, *,
     return area, radius
 
 
-def _sky_in_annuli(image: np.ndarray, positions: np.ndarray, inner: np.ndarray, width: float,
-                   mask: np.ndarray | None) -> np.ndarray:
-    """:func:`local_sky` of each position in an annulus from its ``inner`` radius to
-    ``inner + width``; positions that share an inner radius are measured together."""
-    sky = np.full(len(positions), np.nan)
+def _sky_in_annuli(images: dict[str, np.ndarray], positions: np.ndarray, inner: np.ndarray, width: float,
+                   mask: np.ndarray | None, select: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per image, :func:`local_sky` of each position in an annulus from its ``inner``
+    radius to ``inner + width`` (pixels chosen on ``select``, or on each image);
+    positions that share an inner radius are measured together."""
+    skies = {name: np.full(len(positions), np.nan) for name in images}
     for radius in np.unique(inner):
         pick = inner == radius
-        sky[pick] = local_sky(image, positions[pick], inner=radius, outer=radius + width, mask=mask)
-    return sky
+        shared = None if select is None else sky_pixels(select, positions[pick], inner=radius,
+                                                        outer=radius + width, mask=mask)
+        for name, image in images.items():
+            pixels = shared if shared is not None else sky_pixels(image, positions[pick], inner=radius,
+                                                                  outer=radius + width, mask=mask)
+            skies[name][pick] = sky_mean(image, pixels)
+    return skies
 
 
 #: The apertures every flux bias is quoted in: circular ones of :data:`APERTURE_FACTORS`
@@ -158,21 +222,28 @@ APERTURES = (*(f"{factor:g}fwhm" for factor in APERTURE_FACTORS), "kron")
 
 
 def aperture_suite(images: dict[str, np.ndarray], positions: np.ndarray, *, fwhm: float,
-                   kron_reference: np.ndarray, threshold: float, background: np.ndarray | float = 0.0,
+                   kron_reference: np.ndarray, threshold: float, select: np.ndarray,
+                   background: np.ndarray | float = 0.0,
                    mask: np.ndarray | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Fluxes in every aperture of :data:`APERTURES`, as an astronomer measures them, of
     the sources at ``positions`` in each image: ``{name: {aperture: (n,)}}``.
 
-    Circular apertures take their local sky from each image itself, without the pixels
-    of ``mask`` (the sources: the same pixels for every image;
-    :func:`multi_aperture_fluxes`); Kron apertures are defined once on ``kron_reference``
-    (background-subtracted, segmented above ``threshold`` per pixel) and laid on every
-    ``image - background``, each less its own local sky (the same ``mask``;
-    :func:`kron_fluxes`). Data units; NaN where a Kron aperture could not be defined.
+    Every aperture is less its local sky (:func:`local_sky`): the mean of the same sky
+    pixels in every image, those of each annulus that are not on the sources of ``mask``
+    and that a 3-sigma clip of ``select`` keeps (the noisy input, whose cosmic rays and
+    unmasked neighbours are clipped; same grid as the images). The photometry is then
+    linear and the same for every image: a denoised image and the truth differ in flux
+    only where their pixels differ. Circular apertures are of :data:`APERTURE_FACTORS`
+    FWHM; Kron apertures are defined once on ``kron_reference`` (background-subtracted,
+    segmented above ``threshold`` per pixel) and laid on every ``image - background``
+    (:func:`kron_fluxes`). Data units; NaN where a Kron aperture could not be defined.
     """
     kron = kron_fluxes({name: image - background for name, image in images.items()}, kron_reference,
-                       positions, threshold=threshold, fwhm=fwhm, mask=mask)
-    return {name: multi_aperture_fluxes(image, positions, fwhm=fwhm, mask=mask) | {"kron": kron[name]}
+                       positions, threshold=threshold, fwhm=fwhm, mask=mask, select=select - background)
+    inner, outer = SKY_ANNULUS
+    pixels = sky_pixels(select, positions, inner=inner * fwhm, outer=outer * fwhm, mask=mask)
+    return {name: circular_fluxes(image, positions, fwhm=fwhm, factors=APERTURE_FACTORS,
+                                   sky=sky_mean(image, pixels)) | {"kron": kron[name]}
             for name, image in images.items()}
 
 

@@ -26,8 +26,8 @@ STEP_VERSIONS = {
     "register": 1,
     "train": 5,
     "predict": 5,
-    "evaluate": 8,
-    "report": 7,
+    "evaluate": 9,
+    "report": 8,
 }
 
 
