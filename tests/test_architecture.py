@@ -21,7 +21,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     1: ("provenance", "io"),
     2: ("model", "symmetry", "noise_model", "sky", "psf", "photometry", "sources", "alignment", "fields"),
     3: ("transform", "detection", "metrics", "cutouts"),
-    4: ("denoise", "restore", "baselines", "sampling", "inject"),
+    4: ("denoise", "restore", "baselines", "sampling", "inject", "reference"),
     5: ("tiling", "selection", "summary"),
     # The steps: each is run by its own CLI sub-command and Snakemake rule.
     6: ("simulate", "ingest", "noise", "register", "train", "predict", "evaluate", "report"),

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astrodenoise.detection import completeness_magnitude, depth90, detection_scores, pool_detection_bins
+from astrodenoise.detection import (
+    completeness_magnitude,
+    depth90,
+    detection_scores,
+    pool_detection_bins,
+    refine_centroids,
+)
 
 
 def test_detection_scores_count_missed_and_invented_sources():
@@ -46,3 +52,20 @@ def test_completeness_magnitude_interpolates_where_the_fraction_falls():
     assert completeness_magnitude(mags, found, 0.5) == pytest.approx(22.0, abs=0.01)
     assert completeness_magnitude(mags, np.ones_like(found), 0.5) is None  # never falls
     assert completeness_magnitude(mags, np.zeros_like(found), 0.5) is None  # nothing to start from
+
+
+def test_refine_centroids_finds_the_centre_a_segment_misses():
+    yy, xx = np.mgrid[:64, :64]
+    true = np.array([[20.3, 15.7], [44.8, 40.2]])
+    sigma = 3.5 / 2.3548
+    image = sum(1000 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) for x, y in true)
+    image += np.random.default_rng(0).normal(0, 1.0, image.shape)
+    start = true + np.array([[0.6, -0.5], [-0.4, 0.6]])
+
+    refined = refine_centroids(image, start, fwhm=3.5)
+
+    assert np.hypot(*(refined - true).T).max() < 0.05
+    # Where no source is (a fit that runs away), the position is kept.
+    empty = np.array([[5.0, 55.0]])
+    moved = np.hypot(*(refine_centroids(image, empty, fwhm=3.5) - empty).T)
+    assert moved[0] <= 0.5 * 3.5

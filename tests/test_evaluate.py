@@ -210,8 +210,9 @@ def test_without_truth_each_exposure_is_scored_against_the_others(demo_survey, t
     assert first["photometry_reference"] == f"stack of {len(names) - 1} other exposures"
     assert first["reference_sigma"] == pytest.approx(sigma / np.sqrt(len(names) - 1), rel=0.1)
     scores = first["scores"]
-    # The truth is closer to the stack of the others than the noisy exposure is.
-    assert scores["perfect"]["psnr"] > scores["input"]["psnr"]
+    # The truth's error is below what the stack resolves: a lower bound, above the input.
+    assert scores["perfect"]["psnr"] is None
+    assert scores["perfect"]["psnr_lower"] > scores["input"]["psnr"] + 10
     assert scores["perfect"]["detection"]["bins"]  # against sources found on the stack
     assert (tmp_path / "out" / f"{names[-1]}.json").is_file()
 

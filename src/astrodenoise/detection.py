@@ -2,14 +2,19 @@
 
 :func:`detect` is the one detector of the evaluation and injection-recovery (PSF-matched
 filter, threshold from the filtered image's own blank-sky RMS, deblended);
+:func:`refine_centroids` fits the centroids photometry needs;
 :func:`detection_scores` scores detections against a catalogue per magnitude bin;
 :func:`completeness_magnitude` reads off where a completeness curve falls below a level.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from astropy.stats import mad_std
+from astropy.utils.exceptions import AstropyUserWarning
+from photutils.centroids import centroid_2dg, centroid_sources
 from photutils.segmentation import SourceCatalog, SourceFinder
 from scipy import ndimage
 from scipy.spatial import cKDTree
@@ -17,7 +22,7 @@ from scipy.spatial import cKDTree
 from .photometry import magnitude_bins
 from .psf import FWHM_PER_SIGMA
 
-__all__ = ["detect", "near", "detection_scores", "pool_detection_bins", "depth90",
+__all__ = ["detect", "refine_centroids", "near", "detection_scores", "pool_detection_bins", "depth90",
            "completeness_magnitude"]
 
 
@@ -44,6 +49,27 @@ def detect(image: np.ndarray, *, background: np.ndarray, mask: np.ndarray, thres
         return np.empty((0, 2)), np.empty(0)
     cat = SourceCatalog(residual, segments, convolved_data=filtered)
     return np.column_stack([cat.x_centroid, cat.y_centroid]), np.asarray(cat.segment_flux, float)
+
+
+def refine_centroids(image: np.ndarray, positions: np.ndarray, *, fwhm: float) -> np.ndarray:
+    """``positions`` (n, 2) as (x, y) refined by a 2-D Gaussian fit to ``image`` (sky
+    subtracted) in a box of about 2 FWHM (photutils ``centroid_2dg``).
+
+    A segment's centroid on the filtered image is pulled by the segment's edge and by
+    neighbours (about 0.25 px for bright stars, 0.5 px for faint ones on the demo), and a
+    1 x FWHM aperture misplaced by that loses more of a smoothed source than of a sharp
+    one. A fit that fails or moves a source by more than half a FWHM keeps its position."""
+    if not len(positions):
+        return positions
+    box = 2 * int(np.ceil(fwhm)) + 1
+    with warnings.catch_warnings():  # a fit that did not converge is caught below
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        x, y = centroid_sources(image, positions[:, 0], positions[:, 1], box_size=box,
+                                centroid_func=centroid_2dg)
+    fitted = np.column_stack([x, y])
+    moved = np.hypot(*(fitted - positions).T)
+    keep = np.isfinite(moved) & (moved <= 0.5 * fwhm)
+    return np.where(keep[:, None], fitted, positions)
 
 
 def near(points: np.ndarray, positions: np.ndarray, radius: float) -> np.ndarray:

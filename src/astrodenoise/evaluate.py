@@ -69,6 +69,17 @@ Gaussian-smoothing baseline) is scored the same way:
 The classical baselines (Gaussian smoothing; scikit-image non-local means and BM3D on
 the variance-stabilised image, see :mod:`astrodenoise.baselines`) are scored in the same
 run, on the same pixels and sources.
+
+Without a truth (real data: :func:`evaluate_field` with the field's registration), the
+reference is the clean leave-one-out stack of the other exposures
+(:mod:`astrodenoise.reference`), and the figures are estimates of the truth-based ones
+that its noise does not bias: ``psnr`` / ``psnr_clean`` from the products of the
+differences to two independent exposures, with ``psnr_se`` and ``psnr_lower`` (None
+where the error is below what the reference resolves: a bound only); flux biases over
+the deep stack's flux, S/N classes from it, sources detected on the stack with fitted
+centroids. ``reference_check`` holds the self-tests on the input (its clean PSNR as its
+noise model predicts, ``psnr_expected``; its flux bias, own cosmic rays filled, zero
+within 3 SE: ``photometry_apertures_clean``) and says whether the reference is usable.
 """
 
 from __future__ import annotations
@@ -76,7 +87,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,13 +95,19 @@ from astropy.table import Table
 from skimage.metrics import structural_similarity
 
 from . import io
-from .alignment import onto_grid
 from .baselines import denoise, gaussian_smooth
 from .cutouts import gallery_path, write_cutouts, write_gallery
 from .denoise import load_normalisation
-from .detection import detect, detection_scores
+from .detection import detect, detection_scores, refine_centroids
 from .inject import injection_recovery
-from .metrics import blank_sky_rms, outlier_pixels, power_spectrum, psnr, residual_statistics
+from .metrics import (
+    blank_sky_rms,
+    outlier_pixels,
+    power_spectrum,
+    psnr,
+    reference_range,
+    residual_statistics,
+)
 from .noise_model import NoiseModel, read_noise_model
 from .photometry import (
     aperture_fluxes,
@@ -105,13 +121,20 @@ from .photometry import (
 )
 from .provenance import code_version
 from .psf import measure_psf
+from .reference import (
+    expected_input_psnr,
+    field_exposures,
+    leave_one_out_stack,
+    reference_check,
+    stack_scores,
+)
 from .sky import estimate_background, source_mask
 from .tiling import Execution, PredictConfig, predict_tiles
 from .transform import exposure_normalisation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluateConfig", "score_image", "evaluate", "leave_one_out_stack", "evaluate_field"]
+__all__ = ["EvaluateConfig", "score_image", "evaluate", "evaluate_field"]
 
 
 @dataclass(frozen=True)
@@ -166,7 +189,7 @@ def score_image(image: np.ndarray, *, background, mask, truth=None, phot=None) -
         }
     if phot is not None:
         fluxes = aperture_fluxes(image - background, phot["positions"], radius=phot["radius"])
-        scores["photometry"] = flux_bias(fluxes, phot["reference"], phot["snr"])
+        scores["photometry"] = flux_bias(fluxes, phot["reference"], phot["snr"], denominator=phot.get("deep"))
     return scores
 
 
@@ -200,14 +223,17 @@ def _sources(catalog: str | None, data, background, mask, header, config, psf=No
 
 
 def _stack_sources(stack: dict, background: np.ndarray, header, config, psf=None) -> dict:
-    """Sources detected on a leave-one-out stack: the deep reference catalogue."""
+    """Sources detected on the leave-one-out stack (its cosmic rays rejected), their
+    centroids fitted on it (:func:`astrodenoise.detection.refine_centroids`): the
+    reference catalogue, independent of the exposure's own noise."""
     stack_bkg, stack_rms = estimate_background(stack["image"])
     fwhm = _fwhm(header, psf, config)
     positions, flux = detect(stack["image"], background=stack_bkg,
                              mask=source_mask(stack["image"], stack_bkg, stack_rms),
                              threshold=config.detect_threshold, fwhm=fwhm)
     keep = flux > 0
-    return {"positions": positions[keep], "mag": -2.5 * np.log10(flux[keep]), "zeropoint": 0.0,
+    positions = refine_centroids(stack["image"] - stack_bkg, positions[keep], fwhm=fwhm)
+    return {"positions": positions, "mag": -2.5 * np.log10(flux[keep]), "zeropoint": 0.0,
             "fwhm": fwhm, "catalog": True}
 
 
@@ -236,17 +262,23 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
     return out
 
 
-def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, reference_sigma, config):
+def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, reference_sigma, config,
+                      deep=None):
     """Aperture radius, reference fluxes and their S/N at the measured sources, and what
     the apertures of :func:`astrodenoise.photometry.aperture_suite` need: the reference
     image, the image its Kron apertures are defined on and the segmentation threshold
-    (1 sigma of the input's noise on a noise-free truth, 3 sigma of a noisy reference's)."""
+    (1 sigma of the input's noise on a noise-free truth, 3 sigma of a noisy reference's).
+    With a noisy reference, ``deep`` (the field's stack with the exposure itself) gives
+    the fluxes that sort sources into S/N classes and divide the differences
+    (:func:`astrodenoise.photometry.flux_bias`)."""
     radius = aperture_radius(fwhm, factor=config.aperture_fwhm)
     ref_flux = aperture_fluxes(reference - background, positions, radius=radius)
-    return {"positions": positions, "radius": radius, "reference": ref_flux, "fwhm": fwhm,
-            "snr": aperture_snr(ref_flux, radius=radius, sigma=sigma, gain=gain),
-            "image": reference, "kron_reference": reference - background,
-            "threshold": sigma if not reference_sigma else 3 * reference_sigma}
+    sorting = ref_flux if deep is None else aperture_fluxes(deep - background, positions, radius=radius)
+    out = {"positions": positions, "radius": radius, "reference": ref_flux, "fwhm": fwhm,
+           "snr": aperture_snr(sorting, radius=radius, sigma=sigma, gain=gain),
+           "image": reference, "kron_reference": reference - background,
+           "threshold": sigma if not reference_sigma else 3 * reference_sigma}
+    return out | ({"deep": sorting, "deep_image": deep} if deep is not None else {})
 
 
 def _aperture_scores(images: dict, *, select, background, mask, phot: dict, mag: np.ndarray,
@@ -255,15 +287,22 @@ def _aperture_scores(images: dict, *, select, background, mask, phot: dict, mag:
     every aperture of :data:`~astrodenoise.photometry.APERTURES` on the image against the
     same aperture on the reference, the sky of every image from the pixels chosen on
     ``select`` (the input)."""
-    fluxes = aperture_suite(images | {"__reference__": phot["image"]}, phot["positions"], fwhm=phot["fwhm"],
+    extra = {"__reference__": phot["image"]} | ({"__deep__": phot["deep_image"]} if "deep" in phot else {})
+    extra |= {"__clean_input__": phot["clean_input"]} if "clean_input" in phot else {}
+    fluxes = aperture_suite(images | extra, phot["positions"], fwhm=phot["fwhm"],
                             kron_reference=phot["kron_reference"], threshold=phot["threshold"],
                             select=select, background=background, mask=mask)
-    reference = fluxes.pop("__reference__")
-    return {name: {"photometry_apertures": bias_by_aperture(flux, reference, phot["snr"]),
-                   "photometry_by_magnitude_apertures": {
-                       key: photometry_by_magnitude(flux[key], reference[key], mag, bin_width=config.mag_bin)
-                       for key in flux}}
-            for name, flux in fluxes.items()}
+    reference, deep = fluxes.pop("__reference__"), fluxes.pop("__deep__", None)
+    clean = fluxes.pop("__clean_input__", None)
+    out = {name: {"photometry_apertures": bias_by_aperture(flux, reference, phot["snr"], denominator=deep),
+                  "photometry_by_magnitude_apertures": {
+                      key: photometry_by_magnitude(flux[key], reference[key], mag, bin_width=config.mag_bin)
+                      for key in flux}}
+           for name, flux in fluxes.items()}
+    if clean is not None:
+        out["input"]["photometry_apertures_clean"] = bias_by_aperture(clean, reference, phot["snr"],
+                                                                      denominator=deep)
+    return out
 
 
 def _baseline_denoisers(noise: NoiseModel, config: EvaluateConfig) -> dict:
@@ -338,14 +377,20 @@ def _reference(exposure: dict, *, sky: dict, psf, truth_fits, catalog, stack, co
         reference_sigma = stack["sigma"] if stack else 0.0 if truth is not None else sky["noise"].sigma
         phot = _photometry_setup(truth if truth is not None else data, sky["background"],
                                  sources["positions"], fwhm=sources["fwhm"], sigma=sky["noise"].sigma,
-                                 gain=sky["noise"].gain, reference_sigma=reference_sigma, config=config)
+                                 gain=sky["noise"].gain, reference_sigma=reference_sigma, config=config,
+                                 deep=stack["deep"] if stack else None)
+        if stack:  # the input without its own cosmic rays: what the self-test measures
+            phot["clean_input"] = np.where(stack["target_rejected"], stack["image"], data)
     return {"truth": truth, "stack": stack, "sources": sources, "phot": phot}
 
 
 def _score_all(images: dict, data: np.ndarray, *, sky: dict, ref: dict, config) -> dict:
     """Scores of every image kind on the same pixels and sources, and their gains over the
-    input (RMS ratio, PSNR gain); with a truth also PSNR without the cosmic-ray pixels."""
-    background, mask, noise, truth = sky["background"], sky["mask"], sky["noise"], ref["truth"]
+    input (RMS ratio, PSNR gain); with a truth also PSNR without the cosmic-ray pixels;
+    with a leave-one-out stack the PSNR estimated without bias
+    (:func:`astrodenoise.reference.stack_scores`)."""
+    background, mask, noise, stack = sky["background"], sky["mask"], sky["noise"], ref["stack"]
+    truth = ref["truth"] if stack is None else None
     input_power = power_spectrum(data, background=background, mask=mask)[1]
     scores = {}
     for name, img in images.items():
@@ -365,11 +410,16 @@ def _score_all(images: dict, data: np.ndarray, *, sky: dict, ref: dict, config) 
         for name, img in images.items():
             scores[name]["psnr_clean"] = psnr(np.where(hits, np.nan, img), truth)
         scores["input"]["outlier_fraction"] = float(hits.mean())
+    if stack is not None:
+        data_range = reference_range(stack["deep"])
+        for name, img in images.items():
+            scores[name] |= stack_scores(img, stack, data_range=data_range)
+        scores["input"] |= expected_input_psnr(stack, noise, data_range)
     for s in scores.values():
         s["rms_ratio"] = scores["input"]["rms_blank"] / s["rms_blank"]
-        if truth is not None:
-            s["psnr_gain"] = s["psnr"] - scores["input"]["psnr"]
-            s["psnr_clean_gain"] = s["psnr_clean"] - scores["input"]["psnr_clean"]
+        for key in ("psnr", "psnr_clean"):
+            if s.get(key) is not None and scores["input"].get(key) is not None:
+                s[f"{key}_gain"] = s[key] - scores["input"][key]
     return scores
 
 
@@ -462,58 +512,13 @@ def _result(exposure: dict, ref: dict, *, scores, injection, psf, denoised, conf
         "magnitudes": "catalogue" if sources["catalog"] else "instrumental",
         "psf": psf.describe(), "fwhm": sources["fwhm"],
         "scores": scores, "injection": injection, "config": dataclasses.asdict(config),
+        "reference_check": reference_check(scores) if stack is not None else None,
+        "reference_rejected": stack["rejected_fraction"] if stack is not None else None,
         "code_version": code_version(),
         "object": str(header.get("OBJECT", "")), "filter": str(header.get("FILTER", "")),
         "has_wcs": bool(attrs.get("has_wcs", True)),
         "source_file": attrs.get("source_file"), "source_sha256": attrs.get("source_sha256"),
     }
-
-
-def _field_exposures(images: list[str], noise_files: list[str]) -> list[dict]:
-    """Each exposure of a field read once: masked data (flagged pixels NaN), header, sigma."""
-    out = []
-    for path, noise_json in zip(images, noise_files, strict=True):
-        array, mask = io.open_zarr_image(path), io.open_zarr_array(path, "mask")
-        data = array[...]
-        if mask is not None:
-            data = np.where(mask[...] != 0, np.nan, data)
-        out.append({"name": Path(path).stem, "data": data, "header": io.header_from_attrs(array.attrs),
-                    "sigma": read_noise_model(noise_json).sigma})
-    return out
-
-
-def leave_one_out_stack(images: list[str], noise_files: list[str], registration: dict, *,
-                        target: int, exposures: list[dict] | None = None) -> dict | None:
-    """Mean of the field's other exposures on the grid of exposure ``target``.
-
-    ``images``/``noise_files`` are the field's stores and noise JSONs; ``registration``
-    the register step's JSON for the field; ``exposures``, when given, the same already
-    read (:func:`evaluate_field` reads a field once for all its targets). Pixels flagged
-    in a mask, or with no data, do not enter the mean. Returns ``{"image", "sigma", "n"}``
-    (sigma: the stack's nominal noise, ``sqrt(sum sigma_j^2) / n``), or None with fewer
-    than two others.
-    """
-    exposures = exposures or _field_exposures(images, noise_files)
-    entries = {e["exposure"]: e for e in registration["exposures"]}
-    goal = exposures[target]
-    if goal["name"] not in entries:
-        return None
-    layers, sigmas = [], []
-    for j, other in enumerate(exposures):
-        if j == target or other["name"] not in entries:
-            continue
-        moved = onto_grid(other["data"], other["header"], entries[other["name"]], goal["header"],
-                           entries[goal["name"]], goal["data"].shape)
-        if moved is not None:
-            layers.append(moved)
-            sigmas.append(other["sigma"])
-    if len(layers) < 2:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
-        image = np.nanmean(np.stack(layers), axis=0).astype(np.float32)
-    return {"image": image, "sigma": float(np.sqrt(np.sum(np.square(sigmas))) / len(sigmas)),
-            "n": len(layers)}
 
 
 def evaluate_field(images: list[str], noise_files: list[str], denoised: dict[str, str], *,
@@ -525,12 +530,15 @@ def evaluate_field(images: list[str], noise_files: list[str], denoised: dict[str
     ``denoised`` maps a method to the directory of its ``<exposure>.zarr`` stores. With a
     truth (demo) every exposure is scored against it. Without one, and with the field's
     ``registration`` and at least three exposures, each exposure is scored against the
-    mean of the others (leave-one-out), whose own noise is recorded as
-    ``reference_sigma``: real data's best stand-in for the truth. ``models`` (method:
+    others (leave-one-out, their cosmic rays rejected:
+    :func:`astrodenoise.reference.leave_one_out_stack`), whose own noise is recorded as
+    ``reference_sigma``: real data's best stand-in for the truth, with the estimates
+    that its noise does not bias (:func:`astrodenoise.reference.stack_scores`) and their self-tests on the
+    input (:func:`astrodenoise.reference.reference_check`). ``models`` (method:
     checkpoint) lets injection-recovery denoise the injected exposures.
     """
     layout = io.read_json(registration) if registration and not truth_fits else None
-    exposures = _field_exposures(images, noise_files) if layout else None
+    exposures = field_exposures(images, noise_files) if layout else None
     results = []
     for i, (image, noise_json) in enumerate(zip(images, noise_files, strict=True)):
         name = Path(image).stem

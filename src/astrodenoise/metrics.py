@@ -14,7 +14,8 @@ from scipy import ndimage
 from .noise_model import pixel_sigma
 from .photometry import aperture_fluxes
 
-__all__ = ["blank_sky_rms", "psnr", "outlier_pixels", "power_spectrum", "residual_statistics"]
+__all__ = ["blank_sky_rms", "psnr", "reference_range", "reference_mse", "estimated_psnr", "outlier_pixels",
+           "power_spectrum", "residual_statistics"]
 
 
 def blank_sky_rms(image: np.ndarray, *, background: np.ndarray, mask: np.ndarray) -> float:
@@ -28,6 +29,65 @@ def psnr(image: np.ndarray, truth: np.ndarray) -> float:
     mse = np.mean((image[valid] - truth[valid]) ** 2)
     data_range = np.nanmax(truth) - np.nanmin(truth)
     return float(10 * np.log10(data_range**2 / mse))
+
+
+def reference_range(reference: np.ndarray) -> float:
+    """The data range of PSNR on a noisy reference: its maximum (a bright star's peak, at
+    high S/N) less the minimum of its 5 x 5 median (the faintest sky, without the
+    reference's own downward noise peaks, which a truth does not have)."""
+    smooth = ndimage.median_filter(np.nan_to_num(reference, nan=float(np.nanmedian(reference))), size=5)
+    return float(np.nanmax(reference) - smooth.min())
+
+
+def reference_mse(image: np.ndarray, layers: np.ndarray, *, exclude: np.ndarray | None = None,
+                  block: int = 32) -> tuple[float, float]:
+    """Mean squared error of ``image`` against the unknown truth, estimated without bias
+    from independent noisy copies of it, and its standard error.
+
+    ``layers`` (m >= 2, ny, nx): the other exposures of the field on ``image``'s grid
+    (:func:`astrodenoise.reference.leave_one_out_stack`), NaN where rejected. For
+    ``x_j = truth + n_j`` with noise independent between copies and of ``image``,
+    ``E[(image - x_j)(image - x_k)] = (image - truth)^2`` for ``j != k``: the mean of
+    the products over the pairs estimates the squared error of every pixel without bias,
+    and with no noise model (the Noise2Noise argument; the reference's noise variance is
+    not subtracted, it cancels). Pixels where a layer or ``image`` has no data, or where
+    ``exclude`` is True, are left out. The standard error is that of a ratio estimator
+    over ``block`` x ``block`` squares (a denoiser's errors are correlated over a few
+    pixels). Data units squared.
+    """
+    m = len(layers)
+    if m < 2:
+        raise ValueError("reference_mse needs two independent copies of the truth or more")
+    d = image[None].astype(np.float64) - layers
+    valid = np.isfinite(d).all(axis=0)
+    if exclude is not None:
+        valid &= ~exclude
+    d = np.where(valid, d, 0.0)
+    total = d.sum(axis=0)
+    products = (total**2 - (d**2).sum(axis=0)) / (m * (m - 1))
+    mse = float(products[valid].mean())
+    sums, counts = _block_sums(np.where(valid, products, 0.0), block), _block_sums(valid.astype(float), block)
+    if len(counts) < 4:
+        return mse, float(products[valid].std() / np.sqrt(valid.sum()))
+    se = np.sqrt(np.sum((sums - mse * counts) ** 2) * len(counts) / (len(counts) - 1)) / counts.sum()
+    return mse, float(se)
+
+
+def _block_sums(values: np.ndarray, block: int) -> np.ndarray:
+    """Sums of ``values`` over the whole ``block`` x ``block`` squares of the image, flat."""
+    by, bx = (n // block for n in values.shape)
+    return values[:by * block, :bx * block].reshape(by, block, bx, block).sum(axis=(1, 3)).ravel()
+
+
+def estimated_psnr(mse: float, se: float, data_range: float) -> dict:
+    """PSNR (dB) of an estimated MSE and its standard error (:func:`reference_mse`):
+    ``psnr`` and ``psnr_se`` (None when the MSE is not above twice its error, where the
+    estimate is no more than a bound), and ``psnr_lower``, the PSNR of MSE + 2 SE."""
+    lower = float(10 * np.log10(data_range**2 / (mse + 2 * se))) if mse + 2 * se > 0 else None
+    if mse <= 2 * se:
+        return {"psnr": None, "psnr_se": None, "psnr_lower": lower}
+    return {"psnr": float(10 * np.log10(data_range**2 / mse)),
+            "psnr_se": float(10 / np.log(10) * se / mse), "psnr_lower": lower}
 
 
 def outlier_pixels(data: np.ndarray, reference: np.ndarray, *, sky: float, sigma: float,

@@ -248,10 +248,13 @@ def aperture_suite(images: dict[str, np.ndarray], positions: np.ndarray, *, fwhm
 
 
 def bias_by_aperture(fluxes: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-                     snr: np.ndarray) -> dict[str, dict]:
+                     snr: np.ndarray, *, denominator: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
     """:func:`flux_bias` in every aperture of ``fluxes`` against the same aperture of
-    ``reference``: ``{aperture: {"bright": {n, bias, scatter}, "faint": ...}}``."""
-    return {key: flux_bias(fluxes[key], reference[key], snr) for key in fluxes}
+    ``reference`` (over the same aperture of ``denominator`` when given):
+    ``{aperture: {"bright": {n, bias, scatter}, "faint": ...}}``."""
+    return {key: flux_bias(fluxes[key], reference[key], snr,
+                           denominator=None if denominator is None else denominator[key])
+            for key in fluxes}
 
 
 def aperture_fraction(stamp: np.ndarray, radius: float) -> float:
@@ -274,13 +277,18 @@ def snr_classes(snr: np.ndarray) -> dict[str, np.ndarray]:
     return {"bright": snr > BRIGHT_SNR, "faint": (snr > FAINT_SNR[0]) & (snr < FAINT_SNR[1])}
 
 
-def flux_bias(flux: np.ndarray, reference: np.ndarray, snr: np.ndarray) -> dict:
-    """Median fractional flux bias and robust scatter for bright and faint sources (those
-    of positive reference flux and a finite measurement)."""
+def flux_bias(flux: np.ndarray, reference: np.ndarray, snr: np.ndarray, *,
+              denominator: np.ndarray | None = None) -> dict:
+    """Median fractional flux bias ``(F - F_ref) / F_den`` and its robust scatter for
+    bright and faint sources (classes of ``snr``; those of positive ``F_den`` and a finite
+    measurement). ``denominator`` is the reference flux itself unless given: against a
+    noisy reference, the flux of the field's deep stack, whose S/N also sorts the classes,
+    so that neither the selection nor the division correlates with the difference."""
+    denominator = reference if denominator is None else denominator
     out = {}
     for name, pick in snr_classes(snr).items():
-        pick = pick & (reference > 0) & np.isfinite(flux)
-        ratio = (flux[pick] - reference[pick]) / reference[pick]
+        pick = pick & (denominator > 0) & np.isfinite(flux) & np.isfinite(reference)
+        ratio = (flux[pick] - reference[pick]) / denominator[pick]
         out[name] = {
             "n": int(pick.sum()),
             "bias": float(np.median(ratio)) if pick.any() else None,

@@ -26,7 +26,7 @@ STEP_VERSIONS = {
     "register": 1,
     "train": 5,
     "predict": 5,
-    "evaluate": 9,
+    "evaluate": 10,
     "report": 8,
 }
 

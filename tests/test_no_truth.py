@@ -1,0 +1,111 @@
+"""The evaluation without a truth lands on the evaluation with one.
+
+One small simulated field (four exposures with cosmic rays) is evaluated twice: against
+its noise-free truth, and as real data is, each exposure against the others
+(:func:`astrodenoise.reference.leave_one_out_stack`). Three "denoisers" with known
+answers are scored: the truth itself (no error at all), the truth with every source
+dimmed by 10% (a known photometric loss the no-truth figures must see), and Gaussian
+smoothing (a real, imperfect method).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from astrodenoise import io
+from astrodenoise.evaluate import EvaluateConfig, evaluate_field
+from astrodenoise.ingest import ingest
+from astrodenoise.noise import noise
+from astrodenoise.register import register
+from astrodenoise.simulate import SimulationConfig, write_demo_survey
+
+#: Four exposures of a sparse field with cosmic rays in ~0.2% of pixels.
+FIELD = SimulationConfig(n_fields=1, n_exposures=4, size=320, seed=11, cosmic_rays_per_mpix=500.0,
+                         star_density=60.0, galaxy_density=20.0, mag_range=(15.0, 25.0))
+APERTURES = ("1fwhm", "2fwhm", "3fwhm", "kron")
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """(truth-based results, no-truth results) of every exposure of the field."""
+    tmp = tmp_path_factory.mktemp("no_truth")
+    names = write_demo_survey(tmp / "sim", FIELD)["field00"]
+    stores, noise_files = [], []
+    for name in names:
+        stores.append(str(tmp / "in" / f"{name}.zarr"))
+        ingest(tmp / "sim" / "raw" / f"{name}.fits", stores[-1])
+        noise_files.append(str(tmp / "noise" / f"{name}.json"))
+        noise(stores[-1], noise_files[-1])
+    register(stores, out_json=tmp / "field.json")
+    truth = io.read_fits_image(tmp / "sim" / "truth" / "field00.fits")[0]
+    sky = ndimage.median_filter(truth, size=61)
+    for name in names:
+        io.write_zarr_image(tmp / "perfect" / f"{name}.zarr", truth, chunks=64, attrs={})
+        io.write_zarr_image(tmp / "dim" / f"{name}.zarr", sky + 0.9 * (truth - sky), chunks=64, attrs={})
+    methods = {m: str(tmp / m) for m in ("perfect", "dim")}
+    config = EvaluateConfig(cutout=64, baselines=("gaussian",), inject_count=0)
+    with_truth = evaluate_field(stores, noise_files, methods, out_dir=str(tmp / "truth_based"), config=config,
+                                truth_fits=str(tmp / "sim" / "truth" / "field00.fits"),
+                                catalog=str(tmp / "sim" / "catalog" / "field00.ecsv"))
+    without = evaluate_field(stores, noise_files, methods, out_dir=str(tmp / "no_truth"),
+                             registration=str(tmp / "field.json"), config=config)
+    return with_truth, without
+
+
+def test_the_reference_passes_its_own_self_tests(both):
+    for result in both[1]:
+        check = result["reference_check"]
+        assert check["usable"], (result["exposure"], check["why"])
+        assert 0 < result["reference_rejected"] < 0.05  # the cosmic rays, not the stars
+        # The input, its own cosmic rays filled, measures the reference without bias.
+        for aperture in APERTURES:
+            assert abs(check["input_bias"][f"bright {aperture}"]["bias"]) < 0.01
+
+
+def test_estimated_psnr_lands_on_the_true_psnr_and_keeps_the_ranking(both):
+    for truth_based, no_truth in zip(*both, strict=True):
+        true = {m: s["psnr"] for m, s in truth_based["scores"].items()}
+        est = {m: s["psnr"] for m, s in no_truth["scores"].items()}
+        for method in ("input", "gaussian"):
+            assert est[method] == pytest.approx(true[method], abs=0.5), (no_truth["exposure"], method)
+        assert est["gaussian"] > est["input"]
+        # Errors below what the reference resolves (the truth itself; the truth with its
+        # sources 10% dimmer, here) give a lower bound only, and it holds.
+        assert est["perfect"] is None
+        for method in ("dim", "perfect"):
+            lower = no_truth["scores"][method]["psnr_lower"]
+            assert lower < true[method] + 0.5
+            assert lower > true["gaussian"]
+            if est[method] is not None:
+                assert est[method] == pytest.approx(true[method], abs=0.5)
+        # The input's clean PSNR is what its noise model predicts.
+        inp = no_truth["scores"]["input"]
+        assert inp["psnr_clean"] == pytest.approx(inp["psnr_expected"], abs=0.25 + 3 * inp["psnr_clean_se"])
+
+
+def _pooled(results, method, aperture, cls):
+    """Mean over exposures of the median bias, and its standard error."""
+    cells = [r["scores"][method]["photometry_apertures"][aperture][cls] for r in results]
+    bias = np.mean([c["bias"] for c in cells])
+    se = np.sqrt(np.sum([(1.2533 * c["scatter"]) ** 2 / c["n"] for c in cells])) / len(cells)
+    return bias, se
+
+
+@pytest.mark.parametrize("method", ["perfect", "dim"])
+def test_no_truth_flux_bias_lands_on_the_truth_based_bias(both, method):
+    with_truth, without = both
+    for aperture in APERTURES:
+        for cls in ("bright", "faint"):
+            true, _ = _pooled(with_truth, method, aperture, cls)
+            est, se = _pooled(without, method, aperture, cls)
+            tolerance = 0.015 if cls == "bright" else 0.015 + 2 * se
+            assert est == pytest.approx(true, abs=tolerance), (method, aperture, cls, est, se, true)
+
+
+def test_the_reference_finds_the_fields_faint_sources(both):
+    for truth_based, no_truth in zip(*both, strict=True):
+        true_n = truth_based["scores"]["input"]["photometry_apertures"]["2fwhm"]["faint"]["n"]
+        ref_n = no_truth["scores"]["input"]["photometry_apertures"]["2fwhm"]["faint"]["n"]
+        assert ref_n == pytest.approx(true_n, rel=0.2)
