@@ -384,3 +384,42 @@ def test_a_bias_in_any_aperture_turns_the_verdict_red_and_the_report_shows_every
     n2n_row = n2n_row[:n2n_row.index("</tr>")]
     assert n2n_row.count('class="bad"') == 1 and "-4.0%" in n2n_row and "(5.0)" in n2n_row
     assert "beyond the limit: faint kron" in html
+
+
+def _stack_evaluation(name, *, usable: bool, n2n_psnr):
+    """An evaluation against a leave-one-out stack, whose self-tests passed or not."""
+    evaluation = _evaluation(name) | {"has_truth": False, "reference_sigma": 3.0, "reference_rejected": 0.001,
+                                      "photometry_reference": "stack of 2 other exposures"}
+    for s in evaluation["scores"].values():
+        s |= {"psnr_se": 0.3, "psnr_lower": s["psnr"] - 0.6}
+    n2n = evaluation["scores"]["n2n"]
+    n2n |= {"psnr": n2n_psnr, "psnr_se": None if n2n_psnr is None else 0.3, "psnr_lower": 41.0}
+    why = [] if usable else ["the input's estimated PSNR is 18.00 ± 0.10 dB where its noise model "
+                             "predicts 20.00 dB"]
+    evaluation["reference_check"] = {"usable": usable, "why": why, "psnr_estimated": 18.0, "psnr_se": 0.1,
+                                     "psnr_expected": 20.0, "input_bias": {}}
+    return evaluation
+
+
+def test_without_truth_a_psnr_bound_is_a_bound_and_an_unusable_reference_judges_nothing(tmp_path):
+    good = [_stack_evaluation("e0", usable=True, n2n_psnr=None),
+            _stack_evaluation("e1", usable=True, n2n_psnr=40.0)]
+    rows = {row["method"]: row for row in summarise(good)}
+    # One exposure's PSNR is only a bound: no mean over the other alone.
+    assert rows["n2n"]["psnr"] is None and rows["n2n"]["psnr_lower"] == pytest.approx(41.0)
+    assert rows["gaussian"]["psnr"] == pytest.approx(30.0)
+    assert rows["gaussian"]["psnr_se"] == pytest.approx(0.3 / 2**0.5)
+    (verdict,) = verdicts(list(rows.values()))
+    assert verdict["beats"] and verdict["bound"] and verdict["delta"] == pytest.approx(41.0 - 30.0)
+    html = _render(tmp_path / "good", good)
+    assert "&ge; 41.0" in html and "Every exposure passed" in html and "not judged" not in html
+
+    bad = [_stack_evaluation("e0", usable=True, n2n_psnr=40.0),
+           _stack_evaluation("e1", usable=False, n2n_psnr=40.0)]
+    html = _render(tmp_path / "bad", bad)
+    assert "The reference is not usable" in html and "not judged" in html
+    assert "where its noise model predicts 20.00 dB" in html
+    assert "photometric bias exceeds" not in html
+    summary = io.read_json(tmp_path / "bad" / "summary.json")
+    assert summary["reference"]["failures"][0]["exposure"] == "e1"
+    assert all(not v["judged"] for v in summary["verdicts"])

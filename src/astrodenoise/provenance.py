@@ -27,7 +27,7 @@ STEP_VERSIONS = {
     "train": 5,
     "predict": 5,
     "evaluate": 10,
-    "report": 8,
+    "report": 9,
 }
 
 

@@ -27,7 +27,7 @@ from . import io
 from .cutouts import gallery_path
 from .photometry import APERTURES
 from .provenance import code_version
-from .summary import BIAS_LIMIT, reference_kind, summarise, summarise_injection, verdicts
+from .summary import BIAS_LIMIT, reference_kind, reference_summary, summarise, summarise_injection, verdicts
 
 __all__ = ["report"]
 
@@ -241,10 +241,10 @@ def _field_plots(fields: dict[str, list[dict]], pictured: set, kinds: list[str])
     return plots
 
 
-def _summary_json(survey: str, evals: list[dict], rows, injection, verdict) -> dict:
+def _summary_json(survey: str, evals: list[dict], rows, injection, verdict, reference) -> dict:
     return {"survey": survey, "n_exposures": len(evals),
             "rows": [{k: v for k, v in r.items() if k != "detection_bins"} for r in rows],
-            "injection": injection, "verdicts": verdict, "bias_limit": BIAS_LIMIT}
+            "injection": injection, "verdicts": verdict, "reference": reference, "bias_limit": BIAS_LIMIT}
 
 
 def report(evaluations: list[str], figures: list[str], *, out_html: str, survey: str,
@@ -272,13 +272,14 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
     rows = summarise(evals)
     kinds = [r["method"] for r in rows]
     injection = summarise_injection(evals, kinds)
-    verdict = verdicts(rows, injection)
+    reference = reference_summary(evals)
+    verdict = verdicts(rows, injection, reference)
     env = Environment(loader=PackageLoader("astrodenoise", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     html = env.get_template("report.html.j2").render(
         survey=survey, summary=rows, verdicts=verdict, fields=fields,
         field_plots=_field_plots(fields, pictured, kinds), n_pictured=len(pictured),
-        n_exposures=len(evals), reference_kind=reference_kind(evals),
+        n_exposures=len(evals), reference_kind=reference_kind(evals), reference=reference,
         plots={"photometry": _photometry_png(evals, kinds), "completeness": _completeness_png(rows),
                "residual": _residual_png(evals, kinds), "power": _power_png(evals, kinds),
                "injection": _injection_png(injection), "apertures": _aperture_png(rows, injection)},
@@ -297,7 +298,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         aperture_fwhm=float(evals[0].get("config", {}).get("aperture_fwhm", 1.0)),
     )
     if out_summary:
-        io.write_json(out_summary, _summary_json(survey, evals, rows, injection, verdict))
+        io.write_json(out_summary, _summary_json(survey, evals, rows, injection, verdict, reference))
     with io.atomic_path(out_html) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return rows

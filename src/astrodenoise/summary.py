@@ -12,7 +12,8 @@ from .detection import depth90, pool_detection_bins
 from .inject import summarise_recovery
 from .photometry import APERTURES
 
-__all__ = ["BIAS_LIMIT", "kinds", "summarise", "summarise_injection", "verdicts", "reference_kind"]
+__all__ = ["BIAS_LIMIT", "kinds", "summarise", "summarise_injection", "verdicts", "reference_kind",
+           "reference_summary"]
 
 #: Photometric bias (fraction of the flux, bright or faint sources) beyond which a
 #: result is flagged: a denoiser that shifts fluxes by more than 1% changes the science.
@@ -78,6 +79,22 @@ def _over_limit(apertures: dict, baseline: dict | None = None) -> list[str]:
     return out
 
 
+def _psnr_means(scores: list[dict], key: str) -> dict:
+    """``key`` (a PSNR), its gain over the input, its standard error and lower bound as
+    means over exposures. Without a truth a PSNR is an estimate (``<key>_se``) or, where
+    the error is below what the reference resolves, a bound only (``<key>_lower``): the
+    mean is then None, since a mean over the resolved exposures alone would flatter."""
+    values = [s.get(key) for s in scores]
+    whole = all(v is not None for v in values)
+    errors = [s.get(f"{key}_se") for s in scores]
+    se = (float(np.sqrt(np.sum(np.square(errors))) / len(errors))
+          if whole and errors and all(e is not None for e in errors) else None)
+    gains = [s.get(f"{key}_gain") for s in scores]
+    return {key: _mean(values) if whole else None, f"{key}_se": se,
+            f"{key}_gain": _mean(gains) if all(g is not None for g in gains) else None,
+            f"{key}_lower": _mean(s.get(f"{key}_lower") for s in scores)}
+
+
 def summarise(evaluations: list[dict]) -> list[dict]:
     """One row per image kind: means over exposures of each score, pooled detection.
 
@@ -97,8 +114,10 @@ def summarise(evaluations: list[dict]) -> list[dict]:
         row = {"method": kind, "n_exposures": len(scores),
                "role": "input" if kind == "input" else
                ("baseline" if kind in evaluations[0].get("baselines", ["gaussian"]) else "model")}
-        for key in ("rms_blank", "rms_ratio", "psnr", "psnr_gain", "psnr_clean", "psnr_clean_gain", "ssim"):
+        for key in ("rms_blank", "rms_ratio", "ssim"):
             row[key] = _mean(s.get(key) for s in scores)
+        for key in ("psnr", "psnr_clean"):
+            row |= _psnr_means(scores, key)
         for cls in ("bright", "faint"):
             biases = [s.get("photometry", {}).get(cls, {}).get("bias") for s in scores]
             row[f"{cls}_bias"], row[f"{cls}_se"] = _mean(biases), _standard_error(biases)
@@ -153,7 +172,13 @@ def summarise_injection(evaluations: list[dict], kinds: list[str]) -> list[dict]
     return rows
 
 
-def verdicts(rows: list[dict], injection: list[dict] = ()) -> list[dict]:
+def _score(row: dict, key: str) -> float | None:
+    """A row's score ``key``; for a PSNR known only as a bound, the bound."""
+    value = row.get(key)
+    return row.get(f"{key}_lower") if value is None and key.startswith("psnr") else value
+
+
+def verdicts(rows: list[dict], injection: list[dict] = (), reference: dict | None = None) -> list[dict]:
     """For each model: the best classical baseline and whether the model beats it.
 
     The baseline is ranked by PSNR without cosmic-ray pixels where a reference exists
@@ -161,17 +186,23 @@ def verdicts(rows: list[dict], injection: list[dict] = ()) -> list[dict]:
     ratio; a model "beats" it when its score is higher. A model is "biased" when a flux
     bias of :func:`summarise` (sources of the reference) or of
     :func:`summarise_injection` (injected sources) exceeds :data:`BIAS_LIMIT` in any
-    aperture (listed in ``over_limit`` and ``injected_over_limit``).
+    aperture (listed in ``over_limit`` and ``injected_over_limit``). A PSNR known only as
+    a lower bound (no truth, an error below the reference's reach) counts as that bound.
+    ``judged`` is False when the ``reference`` (:func:`reference_summary`) failed its
+    self-tests: its figures then say nothing about the methods.
     """
     injected = {r["method"]: r for r in injection}
     baselines = [r for r in rows if r["role"] == "baseline"]
-    key = next((k for k in ("psnr_clean", "psnr") if all(r.get(k) is not None for r in rows)), "rms_ratio")
-    best = max(baselines, key=lambda r: r[key], default=None)
+    scored = (k for k in ("psnr_clean", "psnr") if all(_score(r, k) is not None for r in rows))
+    key = next(scored, "rms_ratio")
+    best = max(baselines, key=lambda r: _score(r, key), default=None)
+    judged = reference is None or reference["usable"]
     out = []
     for row in (r for r in rows if r["role"] == "model"):
-        delta = row[key] - best[key] if best else None
+        delta = _score(row, key) - _score(best, key) if best else None
         inj = injected.get(row["method"], {})
-        out.append({"method": row["method"], "baseline": best["method"] if best else None,
+        out.append({"method": row["method"], "baseline": best["method"] if best else None, "judged": judged,
+                    "bound": row.get(key) is None or (best is not None and best.get(key) is None),
                     "metric": key, "delta": delta, "beats": delta is not None and delta > 0,
                     "biased": row["flag"] or bool(inj.get("flag_bright") or inj.get("flag_faint")),
                     "bright_bias": row["bright_bias"], "faint_bias": row["faint_bias"],
@@ -189,3 +220,19 @@ def reference_kind(evaluations: list[dict]) -> str:
     if any(str(e.get("photometry_reference", "")).startswith("stack") for e in evaluations):
         return "stack"
     return "input"
+
+
+def reference_summary(evaluations: list[dict]) -> dict | None:
+    """The self-tests of the leave-one-out references (:func:`astrodenoise.reference.reference_check`)
+    over the survey, None where the scores are not against a stack: ``usable`` when every
+    exposure's passed, ``failures`` ([{exposure, why}]) where one did not, the mean share
+    of pixels rejected as cosmic rays, and the input's estimated clean PSNR beside what
+    its noise model predicts (means over exposures)."""
+    checks = [(e["exposure"], e["reference_check"]) for e in evaluations if e.get("reference_check")]
+    if not checks:
+        return None
+    failures = [{"exposure": name, "why": check["why"]} for name, check in checks if not check["usable"]]
+    return {"usable": not failures, "failures": failures, "n_exposures": len(checks),
+            "rejected": _mean(e.get("reference_rejected") for e in evaluations),
+            "input_psnr_clean": _mean(check["psnr_estimated"] for _, check in checks),
+            "input_psnr_expected": _mean(check["psnr_expected"] for _, check in checks)}
