@@ -163,7 +163,10 @@ def test_evaluate_without_truth_or_catalog_detects_sources(demo_survey, tmp_path
     assert set(result["scores"]) == {"input", "gaussian"}
     assert "psnr" not in result["scores"]["input"]
     assert result["scores"]["input"]["photometry"]["bright"]["bias"] == 0.0
-    assert result["magnitudes"] == "instrumental"
+    # Magnitudes in the survey's system: the header's zero point.
+    header = io.read_fits_image(demo_survey.root / "raw" / "field00_e01.fits")[1]
+    assert result["magnitudes"] == "header MAGZERO"
+    assert result["zeropoint"] == pytest.approx(header["MAGZERO"])
     assert result["scores"]["gaussian"]["detection"]["n_detected"] > 0  # no catalogue: a count only
 
 

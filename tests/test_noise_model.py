@@ -27,9 +27,9 @@ from conftest import REAL_DATA, make_star_field
 GAIN, READ_NOISE = 2.5, 8.0
 
 
-def _poisson_gaussian(truth_adu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    electrons = rng.poisson(truth_adu * GAIN) + rng.normal(0, READ_NOISE, truth_adu.shape)
-    return (electrons / GAIN).astype(np.float32)
+def _poisson_gaussian(truth_adu: np.ndarray, rng: np.random.Generator, gain: float = GAIN) -> np.ndarray:
+    electrons = rng.poisson(truth_adu * gain) + rng.normal(0, READ_NOISE, truth_adu.shape)
+    return (electrons / gain).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +200,30 @@ def test_noise_survey_writes_table_and_plot(tmp_path, ramp_pair):
     assert io.read_json(tmp_path / "s.json")["fit"]["gain"] == pytest.approx(GAIN, rel=0.05)
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["header_gain"] == GAIN
+
+
+def test_noise_survey_fits_each_gain_apart(tmp_path, ramp_pair):
+    rng = np.random.default_rng(12)
+    truth = np.tile(np.linspace(0.0, 4000.0, 256), (256, 1))
+    other = [_poisson_gaussian(truth, rng, gain=1.2) for _ in range(2)]  # another detector's gain
+    images, noise_files, fields = [], [], []
+    for i, (data, gain) in enumerate([(a, GAIN) for a in ramp_pair] + [(a, 1.2) for a in other]):
+        images.append(str(tmp_path / f"e{i}.zarr"))
+        io.write_zarr_image(images[-1], data, chunks=128, attrs={"fits_header": fits.Header().tostring()})
+        noise_files.append(str(tmp_path / f"e{i}.json"))
+        io.write_json(noise_files[-1], {"exposure": f"e{i}", "header_gain": gain,
+                                        "header_read_noise": READ_NOISE, "overscan": None})
+        fields.append("f" if i < 2 else "g")
+
+    result = noise_survey(images, noise_files, fields, out_json=tmp_path / "s.json",
+                          out_png=tmp_path / "s.png")
+
+    groups = {g["group"]: g for g in result["groups"]}
+    assert set(groups) == {"GAIN 2.5", "GAIN 1.2"}
+    assert groups["GAIN 2.5"]["gain"] == pytest.approx(GAIN, rel=0.05)
+    assert groups["GAIN 1.2"]["gain"] == pytest.approx(1.2, rel=0.05)
+    assert groups["GAIN 1.2"]["exposures"] == ["e2", "e3"]
+    assert groups["GAIN 1.2"]["reliable"] and groups["GAIN 2.5"]["reliable"]
 
 
 def test_demo_survey_gain_and_read_noise_within_ten_percent(tmp_path):

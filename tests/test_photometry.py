@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from astrodenoise.photometry import (
     APERTURES,
@@ -12,6 +13,7 @@ from astrodenoise.photometry import (
     aperture_suite,
     catalog_zeropoint,
     flux_bias,
+    header_zeropoint,
     kron_fluxes,
     local_sky,
     median_se,
@@ -208,3 +210,13 @@ def test_catalog_zeropoint_is_the_median_offset_of_magnitude_and_flux():
 
     assert catalog_zeropoint(mag, flux) == pytest.approx(25.0)
     assert catalog_zeropoint(np.empty(0), np.empty(0)) == 0.0
+
+
+def test_header_zeropoint_reads_the_surveys_keywords_and_no_text():
+    assert header_zeropoint(fits.Header({"MAGZERO": 30.1, "PHOTZP": 28.0})) == (30.1, "MAGZERO")
+    assert header_zeropoint(fits.Header({"PHOTZP": 28.0})) == (28.0, "PHOTZP")
+    zp, key = header_zeropoint(fits.Header({"MAGZPT": 25.0, "EXPTIME": 100.0}))
+    assert zp == pytest.approx(30.0) and key.startswith("MAGZPT")
+    assert header_zeropoint(fits.Header({"MAGZPT": 25.0})) is None  # per second, no exposure time
+    assert header_zeropoint(fits.Header({"MAGZERO": "unknown", "OBJECT": "x"})) is None
+    assert header_zeropoint(fits.Header()) is None

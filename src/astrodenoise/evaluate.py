@@ -117,6 +117,7 @@ from .photometry import (
     bias_by_aperture,
     catalog_zeropoint,
     flux_bias,
+    header_zeropoint,
     photometry_by_magnitude,
 )
 from .provenance import code_version
@@ -205,7 +206,7 @@ def _sources(catalog: str | None, data, background, mask, header, config, psf=No
     """Positions (x, y), magnitudes and PSF FWHM of the sources to measure.
 
     From the catalogue when there is one (demo truth), else detected on the input, with
-    instrumental magnitudes from their segment fluxes (zero point 0). The FWHM is the
+    magnitudes from their segment fluxes (:func:`_magnitudes`). The FWHM is the
     catalogue's, else :func:`_fwhm`.
     """
     fwhm = _fwhm(header, psf, config)
@@ -214,12 +215,20 @@ def _sources(catalog: str | None, data, background, mask, header, config, psf=No
         flux, mag = np.asarray(table["flux"], float), np.asarray(table["mag"], float)
         zeropoint = catalog_zeropoint(mag, flux)
         return {"positions": np.column_stack([table["x"], table["y"]]), "mag": mag, "zeropoint": zeropoint,
-                "fwhm": float(table.meta.get("fwhm_pix", fwhm)), "catalog": True}
+                "fwhm": float(table.meta.get("fwhm_pix", fwhm)), "catalog": True, "system": "catalogue"}
     positions, flux = detect(data, background=background, mask=mask,
                              threshold=config.detect_threshold, fwhm=fwhm)
     keep = flux > 0
-    return {"positions": positions[keep], "mag": -2.5 * np.log10(flux[keep]), "zeropoint": 0.0,
-            "fwhm": fwhm, "catalog": False}
+    return {"positions": positions[keep], "fwhm": fwhm, "catalog": False} | _magnitudes(flux[keep], header)
+
+
+def _magnitudes(flux: np.ndarray, header) -> dict:
+    """``mag``, ``zeropoint`` and the magnitude ``system`` of fluxes (data units): the
+    survey's, from the header's zero point (:func:`astrodenoise.photometry.header_zeropoint`),
+    else instrumental (zero point 0)."""
+    found = header_zeropoint(header)
+    zeropoint, system = (found[0], f"header {found[1]}") if found else (0.0, "instrumental")
+    return {"mag": zeropoint - 2.5 * np.log10(flux), "zeropoint": zeropoint, "system": system}
 
 
 def _stack_sources(stack: dict, background: np.ndarray, header, config, psf=None) -> dict:
@@ -233,8 +242,7 @@ def _stack_sources(stack: dict, background: np.ndarray, header, config, psf=None
                              threshold=config.detect_threshold, fwhm=fwhm)
     keep = flux > 0
     positions = refine_centroids(stack["image"] - stack_bkg, positions[keep], fwhm=fwhm)
-    return {"positions": positions, "mag": -2.5 * np.log10(flux[keep]), "zeropoint": 0.0,
-            "fwhm": fwhm, "catalog": True}
+    return {"positions": positions, "fwhm": fwhm, "catalog": True} | _magnitudes(flux[keep], header)
 
 
 def _structure_scores(image, *, data, background, mask, sigma, phot, sources, config,
@@ -509,7 +517,7 @@ def _result(exposure: dict, ref: dict, *, scores, injection, psf, denoised, conf
         "reference_sigma": stack["sigma"] if stack else 0.0 if truth is not None else None,
         "n_sources": int(len(sources["positions"])), "aperture_radius": phot["radius"] if phot else None,
         "baselines": list(config.baselines), "methods": list(denoised),
-        "magnitudes": "catalogue" if sources["catalog"] else "instrumental",
+        "magnitudes": sources["system"], "zeropoint": sources["zeropoint"],
         "psf": psf.describe(), "fwhm": sources["fwhm"],
         "scores": scores, "injection": injection, "config": dataclasses.asdict(config),
         "reference_check": reference_check(scores) if stack is not None else None,

@@ -535,27 +535,51 @@ def mean_variance_figure(curve: dict, fit: dict, *, header_gain=None, header_rea
     return fig
 
 
+#: Header keywords naming the detector (chip) an exposure was read from.
+DETECTOR_KEYS = ("DETECTOR", "CCDNAME", "CCDNUM", "CHIPID")
+
+
+def gain_group(store: str, noise: dict) -> str:
+    """The photon-transfer group of an exposure: its detector (:data:`DETECTOR_KEYS`) and
+    header gain, e.g. ``"CCD3, GAIN 1.52"``; exposures of one group share one
+    mean-variance curve."""
+    header = io.header_from_attrs(io.open_zarr_image(store).attrs)
+    detector = next((str(header[k]) for k in DETECTOR_KEYS if k in header), None)
+    gain = noise.get("header_gain")
+    label = f"GAIN {gain:.3g}" if gain else "no header GAIN"
+    return f"{detector}, {label}" if detector else label
+
+
 def noise_survey(images: list[str], noise_files: list[str], fields: list[str], *, out_json: str,
                  out_png: str, registrations: list[str] = ()) -> dict:
-    """Survey-level noise: the exposure table, the pooled pair fit, the mean-variance plot.
+    """Survey-level noise: the exposure table, the pair fit per detector/gain group
+    (:func:`gain_group`; ``groups``, the largest as ``fit``), the mean-variance plot.
 
     ``images``, ``noise_files`` and ``fields`` are parallel lists (zarr store, noise JSON
     and field of each exposure); ``registrations`` (register step) align each field's
     exposures before they are paired. Writes ``out_json`` and ``out_png`` atomically.
     """
     per_exposure = [io.read_json(p) for p in noise_files]
-    grouped: dict[str, list[np.ndarray]] = {}
+    group_of = {Path(path).stem: gain_group(path, e) for path, e in zip(images, per_exposure, strict=True)}
+    grouped: dict[str, dict[str, list[np.ndarray]]] = {}
     for loaded in load_aligned(images, fields, registrations):
         data = loaded["data"] if loaded["bad"] is None else np.where(loaded["bad"], np.nan, loaded["data"])
-        grouped.setdefault(loaded["field"], []).append(data)
+        grouped.setdefault(group_of[loaded["name"]], {}).setdefault(loaded["field"], []).append(data)
     biases = [e["overscan"]["bias"] for e in per_exposure if e.get("overscan")]
-    fit = survey_noise(grouped, bias=float(np.median(biases)) if biases else 0.0)
+    bias = float(np.median(biases)) if biases else 0.0
+    groups = {g: survey_noise(f, bias=bias) for g, f in grouped.items()}
+    # Exposures of other gains are not one photon-transfer curve: one fit per group; the
+    # headline fit is the group with the most pairs.
+    main = max(groups, key=lambda g: groups[g]["n_pairs"])
+    fit = groups[main] | {"group": main}
     gains = [e["header_gain"] for e in per_exposure if e.get("header_gain")]
     noises = [e["header_read_noise"] for e in per_exposure if e.get("header_read_noise") is not None]
     header_gain = float(np.median(gains)) if gains else None
     header_rn = float(np.median(noises)) if noises else None
     result = {
         "fit": fit, "header_gain": header_gain, "header_read_noise": header_rn,
+        "groups": [{"group": g, "exposures": sorted(n for n, k in group_of.items() if k == g)}
+                   | {k: v for k, v in f.items() if k != "curve"} for g, f in sorted(groups.items())],
         "exposures": per_exposure, "correlated": [e["exposure"] for e in per_exposure if e.get("correlated")],
         "banding": [e["exposure"] for e in per_exposure if e.get("banding")],
         "code_version": code_version(),

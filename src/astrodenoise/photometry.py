@@ -16,7 +16,8 @@ __all__ = ["BRIGHT_SNR", "FAINT_SNR", "aperture_radius", "aperture_fluxes", "ape
            "aperture_weights", "aperture_snr", "APERTURE_FACTORS", "SKY_ANNULUS", "sky_pixels", "sky_mean",
            "local_sky", "circular_fluxes", "multi_aperture_fluxes", "kron_fluxes", "kron_areas", "APERTURES",
            "aperture_suite", "bias_by_aperture",
-           "snr_classes", "flux_bias", "magnitude_bins", "catalog_zeropoint", "photometry_by_magnitude",
+           "snr_classes", "flux_bias", "magnitude_bins", "catalog_zeropoint", "header_zeropoint",
+           "photometry_by_magnitude",
            "median_se"]
 
 #: S/N classes of sources, by the S/N of the reference (or the true S/N of an injected
@@ -302,6 +303,40 @@ def catalog_zeropoint(mag: np.ndarray, flux: np.ndarray) -> float:
     ``mag + 2.5 log10(flux)``; 0 for an empty catalogue."""
     mag, flux = np.asarray(mag, dtype=float), np.asarray(flux, dtype=float)
     return float(np.median(mag + 2.5 * np.log10(flux))) if len(mag) else 0.0
+
+
+#: Header keywords of a zero point, magnitude of one data unit of the image as stored
+#: (DECam/NOAO and astrodenoise's own MAGZERO, ESO science products' PHOTZP, ...), in
+#: the order they are looked for.
+ZEROPOINT_KEYS = ("MAGZERO", "PHOTZP", "MAGZP", "ZEROPT", "ZP")
+#: Keywords of a zero point of one data unit per second (CASU's MAGZPT): plus 2.5 log10 EXPTIME.
+ZEROPOINT_PER_SECOND_KEYS = ("MAGZPT",)
+
+
+def header_zeropoint(header) -> tuple[float, str] | None:
+    """The survey's zero point from a FITS header, as ``(zero point, "KEYWORD")``: the
+    magnitude of one data unit of the image (:data:`ZEROPOINT_KEYS`, or
+    :data:`ZEROPOINT_PER_SECOND_KEYS` with the exposure time); None when the header has
+    none (magnitudes are then instrumental, zero point 0)."""
+    for key in ZEROPOINT_KEYS:
+        value = _finite(header.get(key))
+        if value is not None:
+            return value, key
+    exptime = _finite(header.get("EXPTIME"))
+    for key in ZEROPOINT_PER_SECOND_KEYS:
+        value = _finite(header.get(key))
+        if value is not None and exptime and exptime > 0:
+            return value + 2.5 * float(np.log10(exptime)), f"{key} + 2.5 log10 EXPTIME"
+    return None
+
+
+def _finite(value) -> float | None:
+    """``value`` as a finite float, else None (a header value is user text)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
 
 
 def magnitude_bins(mags: np.ndarray, width: float) -> np.ndarray:

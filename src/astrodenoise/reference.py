@@ -42,7 +42,7 @@ from .metrics import estimated_psnr, reference_mse
 from .noise_model import NoiseModel, read_noise_model
 
 __all__ = ["REJECT_SIGMA", "SHAPE_TOLERANCE", "field_exposures", "layer_variance", "reject_outliers",
-           "weighted_stack", "leave_one_out_stack", "PSNR_CHECK_DB", "stack_scores",
+           "weighted_stack", "leave_one_out_stack", "PSNR_CHECK_DB", "cosmic_ray_pixels", "stack_scores",
            "expected_input_psnr", "reference_check"]
 
 #: A pixel of one exposure is rejected this many per-pixel noise sigmas from the others.
@@ -190,16 +190,24 @@ def leave_one_out_stack(images: list[str], noise_files: list[str], registration:
             "rejected_fraction": float(rejected[1:].sum() / max(with_data.sum(), 1))}
 
 
+def cosmic_ray_pixels(stack: dict) -> np.ndarray:
+    """The target exposure's pixels that PSNR "without cosmic rays" leaves out: those the
+    rejection took (grown by one pixel) grown by one more, two in all, as
+    :func:`astrodenoise.metrics.outlier_pixels` grows its hits against a truth: a
+    denoiser spreads a cosmic ray it does not remove over its neighbours."""
+    return ndimage.binary_dilation(stack["target_rejected"])
+
+
 def stack_scores(image: np.ndarray, stack: dict, *, data_range: float) -> dict:
     """PSNR of ``image`` against the truth estimated from the leave-one-out ``stack``
     (:func:`astrodenoise.reference.leave_one_out_stack`) without bias: the mean product of
     its differences from two independent exposures
     (:func:`astrodenoise.metrics.reference_mse`), with its standard error (``psnr_se``,
     dB) and the PSNR of the MSE plus two errors (``psnr_lower``); ``psnr_clean`` the same
-    without the exposure's own cosmic rays (``stack["target_rejected"]``, the same pixels
+    without the exposure's own cosmic rays (:func:`cosmic_ray_pixels`, the same pixels
     for every image); ``ssim`` against the stack itself (its noise lowers it)."""
     out = {}
-    for key, exclude in (("psnr", None), ("psnr_clean", stack["target_rejected"])):
+    for key, exclude in (("psnr", None), ("psnr_clean", cosmic_ray_pixels(stack))):
         mse, se = reference_mse(image, stack["layers"], exclude=exclude)
         est = estimated_psnr(mse, se, data_range)
         out |= {key: est["psnr"], f"{key}_se": est["psnr_se"], f"{key}_lower": est["psnr_lower"]}
@@ -217,11 +225,16 @@ def expected_input_psnr(stack: dict, noise: NoiseModel, data_range: float) -> di
     per-pixel noise variance at the deep stack's signal, on the pixels
     :func:`stack_scores` measures ``psnr_clean`` on) and the share of its pixels taken for
     cosmic rays (``outlier_fraction``)."""
-    valid = np.isfinite(stack["layers"]).all(axis=0) & ~stack["target_rejected"] & np.isfinite(stack["deep"])
+    hits = cosmic_ray_pixels(stack)
+    valid = np.isfinite(stack["layers"]).all(axis=0) & ~hits & np.isfinite(stack["deep"])
     variance = float(np.mean(layer_variance(stack["deep"][valid], noise)))
     return {"psnr_expected": float(10 * np.log10(data_range**2 / variance)),
-            "outlier_fraction": float(stack["target_rejected"].mean())}
+            "outlier_fraction": float(hits.mean())}
 
+
+#: Sources a class needs for its bias to be tested: the scatter of fewer (from their
+#: median absolute deviation) is too uncertain for a 3-standard-error test.
+MIN_TEST_SOURCES = 10
 
 #: The reference is usable when the input's estimated clean PSNR is within this many dB
 #: (beyond three standard errors) of what its noise model predicts: a 3% error of sigma.
@@ -235,7 +248,7 @@ def reference_check(scores: dict) -> dict:
     bias against the reference, its own cosmic rays filled from the reference
     (``photometry_apertures_clean``: they are the input's, not the reference's), must be
     zero within 3 standard errors (1.25 x scatter / sqrt(n) of the median) in every
-    aperture and class. ``usable`` is False, with the
+    aperture and class of :data:`MIN_TEST_SOURCES` sources or more. ``usable`` is False, with the
     reasons in ``why``, when either fails: a misregistered stack, other seeing, surviving
     cosmic rays or a wrong noise model, and every method's figures would carry it."""
     inp = scores["input"]
@@ -249,7 +262,7 @@ def reference_check(scores: dict) -> dict:
     biases = {}
     for aperture, classes in inp.get("photometry_apertures_clean", {}).items():
         for cls, cell in classes.items():
-            if cell["bias"] is None or cell["scatter"] is None:
+            if cell["bias"] is None or cell["scatter"] is None or cell["n"] < MIN_TEST_SOURCES:
                 continue
             cell_se = 1.2533 * cell["scatter"] / np.sqrt(cell["n"])
             biases[f"{cls} {aperture}"] = {"bias": cell["bias"], "se": float(cell_se)}
