@@ -23,6 +23,9 @@ STEP_VERSIONS = {
     "simulate": 1,
     "ingest": 1,
     "noise": 2,
+    # The survey-level photon-transfer fit (noise_survey rule): its own number, so that a
+    # change to it reruns neither the per-exposure noise nor the training after it.
+    "noise_survey": 3,
     "register": 1,
     "train": 5,
     "predict": 5,

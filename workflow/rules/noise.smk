@@ -39,7 +39,7 @@ rule noise_survey:
             category="Noise model",
         ),
     params:
-        version=STEP_VERSIONS["noise"],
+        version=STEP_VERSIONS["noise_survey"],
     conda:
         "../../envs/noise.yaml"
     log:
