@@ -52,6 +52,9 @@ def field_inputs(results: Path, survey: str, field: str) -> dict:
     """The workflow's outputs for one field: stores, noise JSONs, registration, truth."""
     registration = results / "register" / survey / f"{field}.json"
     names = [e["exposure"] for e in io.read_json(registration)["exposures"]]
+    # A survey read as a user's files names a field after its reference exposure; the
+    # simulators name the truth after the field, the exposure's name less "_eNN".
+    sky = names[0].rsplit("_", 1)[0]
     stores = [str(results / "ingest" / survey / n / f"{n}.zarr") for n in names]
     noise = [str(results / "noise" / survey / n / f"{n}.json") for n in names]
     methods = sorted(p.name for p in (results / "predict" / survey).iterdir() if p.is_dir())
@@ -61,8 +64,8 @@ def field_inputs(results: Path, survey: str, field: str) -> dict:
         "noise": noise,
         "registration": str(registration),
         "denoised": {m: str(results / "predict" / survey / m) for m in methods},
-        "truth": str(results / "simulate" / survey / "truth" / f"{field}.fits"),
-        "catalog": str(results / "simulate" / survey / "catalog" / f"{field}.ecsv"),
+        "truth": str(results / "simulate" / survey / "truth" / f"{sky}.fits"),
+        "catalog": str(results / "simulate" / survey / "catalog" / f"{sky}.ecsv"),
     }
 
 
