@@ -71,29 +71,17 @@ def field_inputs(results: Path, survey: str, field: str) -> dict:
 
 def run_field(inputs: dict, config: EvaluateConfig, out: Path) -> tuple[list[dict], list[dict], dict]:
     """(truth-based results, no-truth results, seconds of each) of one field."""
-    seconds = {}
-    start = time.perf_counter()
-    with_truth = evaluate_field(
-        inputs["stores"],
-        inputs["noise"],
-        inputs["denoised"],
-        out_dir=str(out / "truth"),
-        truth_fits=inputs["truth"],
-        catalog=inputs["catalog"],
-        config=config,
-    )
-    seconds["truth"] = time.perf_counter() - start
-    start = time.perf_counter()
-    without = evaluate_field(
-        inputs["stores"],
-        inputs["noise"],
-        inputs["denoised"],
-        out_dir=str(out / "no_truth"),
-        registration=inputs["registration"],
-        config=config,
-    )
-    seconds["no_truth"] = time.perf_counter() - start
-    return with_truth, without, seconds
+    ways = {
+        "truth": {"truth_fits": inputs["truth"], "catalog": inputs["catalog"]},
+        "no_truth": {"registration": inputs["registration"]},
+    }
+    results, seconds = {}, {}
+    for way, reference in ways.items():
+        start = time.perf_counter()
+        results[way] = evaluate_field(inputs["stores"], inputs["noise"], inputs["denoised"],
+                                      out_dir=str(out / way), config=config, **reference)
+        seconds[way] = time.perf_counter() - start
+    return results["truth"], results["no_truth"], seconds
 
 
 def _mean_se(values: list[float], errors: list[float | None]) -> tuple[float | None, float | None]:

@@ -130,3 +130,24 @@ def test_reference_range_ignores_the_references_own_noise_troughs():
     noisy = truth + rng.standard_normal(truth.shape) * 3.0
 
     assert reference_range(noisy) == pytest.approx(truth.max() - truth.min(), rel=0.01)
+
+
+def test_where_two_of_three_have_data_a_cosmic_ray_leaves_the_other_one():
+    layers = np.full((3, 8, 8), SKY, dtype=np.float32)
+    layers[0, :, :4] = np.nan  # the first exposure does not reach the left half
+    layers[1, 2, 2] += 200 * SIGMA  # a cosmic ray where only two have data
+    noises = [NoiseModel(sky=SKY, sigma=SIGMA, gain=GAIN)] * 3
+
+    rejected = reject_outliers(layers, noises, grow=0)
+
+    assert rejected[1, 2, 2] and not rejected[2, 2, 2]
+    assert (~rejected & np.isfinite(layers)).any(axis=0).all()  # no pixel without data
+
+
+def test_estimated_psnr_of_no_shared_pixel_is_none():
+    layers = np.full((2, 8, 8), np.nan)
+    layers[0, :, :4] = layers[1, :, 4:] = 1.0  # the two copies never overlap
+
+    mse, se = reference_mse(np.ones((8, 8)), layers)
+
+    assert estimated_psnr(mse, se, 10.0) == {"psnr": None, "psnr_se": None, "psnr_lower": None}

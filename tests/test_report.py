@@ -410,7 +410,8 @@ def test_without_truth_a_psnr_bound_is_a_bound_and_an_unusable_reference_judges_
     assert rows["gaussian"]["psnr"] == pytest.approx(30.0)
     assert rows["gaussian"]["psnr_se"] == pytest.approx(0.3 / 2**0.5)
     (verdict,) = verdicts(list(rows.values()))
-    assert verdict["beats"] and verdict["bound"] and verdict["delta"] == pytest.approx(41.0 - 30.0)
+    assert verdict["beats"] is True and verdict["bound"] == "lower"
+    assert verdict["delta"] == pytest.approx(41.0 - 30.0)
     html = _render(tmp_path / "good", good)
     assert "&ge; 41.0" in html and "Every exposure passed" in html and "not judged" not in html
 
@@ -423,3 +424,22 @@ def test_without_truth_a_psnr_bound_is_a_bound_and_an_unusable_reference_judges_
     summary = io.read_json(tmp_path / "bad" / "summary.json")
     assert summary["reference"]["failures"][0]["exposure"] == "e1"
     assert all(not v["judged"] for v in summary["verdicts"])
+
+
+@pytest.mark.parametrize("model, baseline, bound, beats", [
+    (None, 30.0, "lower", True),     # the model's PSNR is at least 41: above the baseline's 30
+    (25.0, None, "upper", False),    # the baseline's is at least 29.4: above the model's 25
+    (35.0, None, "upper", None),     # 35 against at least 29.4: not decided
+    (None, None, "both", None),
+])
+def test_verdicts_say_what_a_psnr_bound_decides(model, baseline, bound, beats):
+    rows = [{"method": "input", "role": "input", "psnr_clean": 20.0},
+            {"method": "gaussian", "role": "baseline", "psnr_clean": baseline, "psnr_clean_lower": 29.4},
+            {"method": "n2n", "role": "model", "psnr_clean": model, "psnr_clean_lower": 41.0 if model is None
+             else model - 0.6}]
+    for row in rows:
+        row |= {"flag": False, "bright_bias": 0.0, "faint_bias": 0.0}
+
+    (verdict,) = verdicts(rows)
+
+    assert verdict["bound"] == bound and verdict["beats"] is beats

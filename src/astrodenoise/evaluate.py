@@ -74,8 +74,9 @@ Without a truth (real data: :func:`evaluate_field` with the field's registration
 reference is the clean leave-one-out stack of the other exposures
 (:mod:`astrodenoise.reference`), and the figures are estimates of the truth-based ones
 that its noise does not bias: ``psnr`` / ``psnr_clean`` from the products of the
-differences to two independent exposures, with ``psnr_se`` and ``psnr_lower`` (None
-where the error is below what the reference resolves: a bound only); flux biases over
+differences to two independent exposures, with ``psnr_se`` and ``psnr_lower`` (the
+PSNR of the MSE plus two errors); ``psnr`` and ``psnr_se`` are None where the error is
+below what the reference resolves, ``psnr_lower`` then a bound only; flux biases over
 the deep stack's flux, S/N classes from it, sources detected on the stack with fitted
 centroids. ``reference_check`` holds the self-tests on the input (its clean PSNR as its
 noise model predicts, ``psnr_expected``; its flux bias, own cosmic rays filled, zero
@@ -388,7 +389,8 @@ def _reference(exposure: dict, *, sky: dict, psf, truth_fits, catalog, stack, co
                                  gain=sky["noise"].gain, reference_sigma=reference_sigma, config=config,
                                  deep=stack["deep"] if stack else None)
         if stack:  # the input without its own cosmic rays: what the self-test measures
-            phot["clean_input"] = np.where(stack["target_rejected"], stack["image"], data)
+            own = stack["target_rejected"] | stack["target_flagged"]
+            phot["clean_input"] = np.where(own, stack["image"], data)
     return {"truth": truth, "stack": stack, "sources": sources, "phot": phot}
 
 
@@ -468,10 +470,11 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     input_zarr, noise_json : the ingested exposure and its noise measurement
     denoised : {method name: zarr store of the denoised exposure}
     truth_fits, catalog : noise-free truth (ADU) and source catalogue, when known (demo)
-    stack : without a truth, a deeper reference on this exposure's grid:
-        ``{"image": (ny, nx) float32 ADU, "sigma": its noise, "n": exposures stacked}``
-        (:func:`leave_one_out_stack`). PSNR/SSIM and photometry are then measured against
-        it, and detections against the sources found on it (a deep reference catalogue).
+    stack : without a truth, the clean reference on this exposure's grid, as
+        :func:`astrodenoise.reference.leave_one_out_stack` returns it (image, variance,
+        sigma, layers, deep, target_rejected, target_flagged, n, rejected_fraction).
+        PSNR is then estimated from its layers, photometry measured against it, and
+        detections against the sources found on it (a deep reference catalogue).
     models : {method name: checkpoint}; with ``config.inject_count`` > 0, each method's
         injected exposure is denoised with it (injection-recovery, module
         :mod:`astrodenoise.inject`). A method without a checkpoint is left out of it.

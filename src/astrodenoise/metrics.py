@@ -53,7 +53,7 @@ def reference_mse(image: np.ndarray, layers: np.ndarray, *, exclude: np.ndarray 
     not subtracted, it cancels). Pixels where a layer or ``image`` has no data, or where
     ``exclude`` is True, are left out. The standard error is that of a ratio estimator
     over ``block`` x ``block`` squares (a denoiser's errors are correlated over a few
-    pixels). Data units squared.
+    pixels). Data units squared; NaN when no pixel is left.
     """
     m = len(layers)
     if m < 2:
@@ -65,6 +65,8 @@ def reference_mse(image: np.ndarray, layers: np.ndarray, *, exclude: np.ndarray 
     d = np.where(valid, d, 0.0)
     total = d.sum(axis=0)
     products = (total**2 - (d**2).sum(axis=0)) / (m * (m - 1))
+    if not valid.any():
+        return float("nan"), float("nan")
     mse = float(products[valid].mean())
     sums, counts = _block_sums(np.where(valid, products, 0.0), block), _block_sums(valid.astype(float), block)
     if len(counts) < 4:
@@ -82,7 +84,10 @@ def _block_sums(values: np.ndarray, block: int) -> np.ndarray:
 def estimated_psnr(mse: float, se: float, data_range: float) -> dict:
     """PSNR (dB) of an estimated MSE and its standard error (:func:`reference_mse`):
     ``psnr`` and ``psnr_se`` (None when the MSE is not above twice its error, where the
-    estimate is no more than a bound), and ``psnr_lower``, the PSNR of MSE + 2 SE."""
+    estimate is no more than a bound), and ``psnr_lower``, the PSNR of MSE + 2 SE; all None
+    when the MSE could not be estimated (NaN: no pixel that every copy shares)."""
+    if not (np.isfinite(mse) and np.isfinite(se)):  # no pixel every copy shares
+        return {"psnr": None, "psnr_se": None, "psnr_lower": None}
     lower = float(10 * np.log10(data_range**2 / (mse + 2 * se))) if mse + 2 * se > 0 else None
     if mse <= 2 * se:
         return {"psnr": None, "psnr_se": None, "psnr_lower": lower}

@@ -113,8 +113,11 @@ def reject_outliers(layers: np.ndarray, noises: list[NoiseModel], *, k: float = 
         rejected = np.zeros(layers.shape, bool)
     if grow:
         rejected = np.stack([ndimage.binary_dilation(r, iterations=grow) for r in rejected])
-    rejected &= np.isfinite(layers)
-    everything = rejected.all(axis=0) & np.isfinite(layers).any(axis=0)
+    finite = np.isfinite(layers)
+    rejected &= finite
+    # Where only two layers have data, their median is their mean and a cosmic ray in one
+    # pushes both out: the faintest stays, as with two layers.
+    everything = (rejected | ~finite).all(axis=0) & finite.any(axis=0)
     if everything.any():
         faintest = np.nanargmin(np.where(everything, layers, np.inf), axis=0)
         rows = np.nonzero(everything)
@@ -165,7 +168,8 @@ def leave_one_out_stack(images: list[str], noise_files: list[str], registration:
     the register step's JSON for the field; ``exposures``, when given, the same already
     read (:func:`field_exposures`; :func:`astrodenoise.evaluate.evaluate_field` reads a
     field once for all its targets). Returns ``{"image", "variance", "sigma", "layers",
-    "deep", "target_rejected", "n", "rejected_fraction"}`` (module docstring; ``sigma``:
+    "deep", "target_rejected", "target_flagged", "n", "rejected_fraction"}`` (module
+    docstring; ``target_flagged``: the target's pixels without data or flagged; ``sigma``:
     the stack's noise in blank sky, ``1 / sqrt(sum 1 / sigma_j^2)``;
     ``rejected_fraction``: of the other exposures' pixels with data), or None when the
     target is unregistered or fewer than two others reach its grid.
@@ -186,6 +190,7 @@ def leave_one_out_stack(images: list[str], noise_files: list[str], registration:
     return {"image": image, "variance": variance,
             "sigma": float(1.0 / np.sqrt(sum(1.0 / n.sigma**2 for n in noises[1:]))),
             "layers": kept[1:].astype(np.float32), "deep": deep, "target_rejected": rejected[0],
+            "target_flagged": ~np.isfinite(layers[0]),
             "n": len(placed) - 1,
             "rejected_fraction": float(rejected[1:].sum() / max(with_data.sum(), 1))}
 
@@ -194,8 +199,10 @@ def cosmic_ray_pixels(stack: dict) -> np.ndarray:
     """The target exposure's pixels that PSNR "without cosmic rays" leaves out: those the
     rejection took (grown by one pixel) grown by one more, two in all, as
     :func:`astrodenoise.metrics.outlier_pixels` grows its hits against a truth: a
-    denoiser spreads a cosmic ray it does not remove over its neighbours."""
-    return ndimage.binary_dilation(stack["target_rejected"])
+    denoiser spreads a cosmic ray it does not remove over its neighbours; and its pixels
+    flagged in its mask (hot, saturated, no data: ``target_flagged``), which the test never
+    saw and a truth would show as outliers too."""
+    return ndimage.binary_dilation(stack["target_rejected"]) | stack["target_flagged"]
 
 
 def stack_scores(image: np.ndarray, stack: dict, *, data_range: float) -> dict:
@@ -254,7 +261,9 @@ def reference_check(scores: dict) -> dict:
     inp = scores["input"]
     why = []
     est, se, expected = inp.get("psnr_clean"), inp.get("psnr_clean_se"), inp["psnr_expected"]
-    if est is None:
+    if not np.isfinite(expected):
+        why.append("the input's noise model predicts no PSNR here (no pixel the other exposures share)")
+    elif est is None:
         why.append("the input's PSNR could not be estimated")
     elif abs(est - expected) > PSNR_CHECK_DB + 3 * (se or 0.0):
         why.append(f"the input's estimated PSNR is {est:.2f} ± {se:.2f} dB where its noise model "

@@ -178,6 +178,24 @@ def _score(row: dict, key: str) -> float | None:
     return row.get(f"{key}_lower") if value is None and key.startswith("psnr") else value
 
 
+def _bound(row: dict, best: dict | None, key: str, delta: float | None) -> tuple[str | None, bool | None]:
+    """What ``delta`` (model - baseline) is where a PSNR is only a lower bound, and
+    whether the model beats the baseline: ``"lower"`` (the model's is a bound: the true
+    difference is at least delta), ``"upper"`` (the baseline's is: at most delta) or
+    ``"both"``; ``beats`` None where the bounds cannot decide."""
+    if delta is None:
+        return None, None
+    model_bound = row.get(key) is None and key.startswith("psnr")
+    base_bound = best.get(key) is None and key.startswith("psnr")
+    if model_bound and base_bound:
+        return "both", None
+    if model_bound:
+        return "lower", True if delta > 0 else None
+    if base_bound:
+        return "upper", False if delta <= 0 else None
+    return None, delta > 0
+
+
 def verdicts(rows: list[dict], injection: list[dict] = (), reference: dict | None = None) -> list[dict]:
     """For each model: the best classical baseline and whether the model beats it.
 
@@ -187,7 +205,8 @@ def verdicts(rows: list[dict], injection: list[dict] = (), reference: dict | Non
     bias of :func:`summarise` (sources of the reference) or of
     :func:`summarise_injection` (injected sources) exceeds :data:`BIAS_LIMIT` in any
     aperture (listed in ``over_limit`` and ``injected_over_limit``). A PSNR known only as
-    a lower bound (no truth, an error below the reference's reach) counts as that bound.
+    a lower bound (no truth, an error below the reference's reach) counts as that bound,
+    and ``bound``/``beats`` say what that leaves decided (:func:`_bound`).
     ``judged`` is False when the ``reference`` (:func:`reference_summary`) failed its
     self-tests: its figures then say nothing about the methods.
     """
@@ -200,10 +219,10 @@ def verdicts(rows: list[dict], injection: list[dict] = (), reference: dict | Non
     out = []
     for row in (r for r in rows if r["role"] == "model"):
         delta = _score(row, key) - _score(best, key) if best else None
+        bound, beats = _bound(row, best, key, delta)
         inj = injected.get(row["method"], {})
         out.append({"method": row["method"], "baseline": best["method"] if best else None, "judged": judged,
-                    "bound": row.get(key) is None or (best is not None and best.get(key) is None),
-                    "metric": key, "delta": delta, "beats": delta is not None and delta > 0,
+                    "bound": bound, "metric": key, "delta": delta, "beats": beats,
                     "biased": row["flag"] or bool(inj.get("flag_bright") or inj.get("flag_faint")),
                     "bright_bias": row["bright_bias"], "faint_bias": row["faint_bias"],
                     "injected_bright_bias": inj.get("bright_bias"),
