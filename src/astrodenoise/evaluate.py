@@ -233,16 +233,22 @@ def _magnitudes(flux: np.ndarray, header) -> dict:
 
 
 def _stack_sources(stack: dict, background: np.ndarray, header, config, psf=None) -> dict:
-    """Sources detected on the leave-one-out stack (its cosmic rays rejected), their
-    centroids fitted on it (:func:`astrodenoise.detection.refine_centroids`): the
-    reference catalogue, independent of the exposure's own noise."""
-    stack_bkg, stack_rms = estimate_background(stack["image"])
+    """Sources detected on the field's deep stack (every exposure, the target included,
+    cosmic rays rejected), their centroids fitted on it
+    (:func:`astrodenoise.detection.refine_centroids`): the reference catalogue.
+
+    The deep stack, weighted by inverse variance, is as correlated with the target's
+    noise as with the leave-one-out reference's (both covariances are 1 / sum of the
+    weights), so a source found on it is neither brighter nor fainter in the target than
+    in the reference: the selection does not bias the flux differences, and it reaches
+    deeper than the reference alone (sqrt(n / (n - 1)) in S/N)."""
+    image = stack["deep"]
+    stack_bkg, stack_rms = estimate_background(image)
     fwhm = _fwhm(header, psf, config)
-    positions, flux = detect(stack["image"], background=stack_bkg,
-                             mask=source_mask(stack["image"], stack_bkg, stack_rms),
+    positions, flux = detect(image, background=stack_bkg, mask=source_mask(image, stack_bkg, stack_rms),
                              threshold=config.detect_threshold, fwhm=fwhm)
     keep = flux > 0
-    positions = refine_centroids(stack["image"] - stack_bkg, positions[keep], fwhm=fwhm)
+    positions = refine_centroids(image - stack_bkg, positions[keep], fwhm=fwhm)
     return {"positions": positions, "fwhm": fwhm, "catalog": True} | _magnitudes(flux[keep], header)
 
 
@@ -258,7 +264,7 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
     if phot is not None:
         fluxes = aperture_fluxes(image - background, phot["positions"], radius=phot["radius"])
         out["photometry_by_magnitude"] = photometry_by_magnitude(
-            fluxes, phot["reference"], sources["mag"], bin_width=config.mag_bin)
+            fluxes, phot["reference"], sources["mag"], bin_width=config.mag_bin, denominator=phot.get("deep"))
     found, found_flux = detect(image, background=background, mask=mask, threshold=config.detect_threshold,
                                fwhm=sources["fwhm"])
     if sources["catalog"] and len(sources["positions"]):
@@ -305,7 +311,8 @@ def _aperture_scores(images: dict, *, select, background, mask, phot: dict, mag:
     clean = fluxes.pop("__clean_input__", None)
     out = {name: {"photometry_apertures": bias_by_aperture(flux, reference, phot["snr"], denominator=deep),
                   "photometry_by_magnitude_apertures": {
-                      key: photometry_by_magnitude(flux[key], reference[key], mag, bin_width=config.mag_bin)
+                      key: photometry_by_magnitude(flux[key], reference[key], mag, bin_width=config.mag_bin,
+                                                   denominator=None if deep is None else deep[key])
                       for key in flux}}
            for name, flux in fluxes.items()}
     if clean is not None:

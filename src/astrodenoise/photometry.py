@@ -352,10 +352,12 @@ def magnitude_bins(mags: np.ndarray, width: float) -> np.ndarray:
 
 
 def photometry_by_magnitude(flux: np.ndarray, reference: np.ndarray, mag: np.ndarray, *,
-                            bin_width: float) -> list[dict]:
-    """Median fractional flux bias and robust scatter per magnitude bin (brightest first)."""
-    good = (reference > 0) & np.isfinite(mag) & np.isfinite(flux)
-    ratio = (flux - reference) / np.where(reference > 0, reference, 1.0)
+                            bin_width: float, denominator: np.ndarray | None = None) -> list[dict]:
+    """Median fractional flux bias ``(F - F_ref) / F_den`` and robust scatter per magnitude
+    bin (brightest first); ``denominator`` as in :func:`flux_bias`."""
+    denominator = reference if denominator is None else denominator
+    good = (denominator > 0) & np.isfinite(mag) & np.isfinite(flux) & np.isfinite(reference)
+    ratio = (flux - reference) / np.where(denominator > 0, denominator, 1.0)
     rows = []
     for lo in magnitude_bins(mag[good], bin_width):
         pick = good & (mag >= lo) & (mag < lo + bin_width)
