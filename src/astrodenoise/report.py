@@ -280,6 +280,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         survey=survey, summary=rows, verdicts=verdict, fields=fields,
         field_plots=_field_plots(fields, pictured, kinds), n_pictured=len(pictured),
         n_exposures=len(evals), reference_kind=reference_kind(evals), reference=reference,
+        magnitudes=evals[0].get("magnitudes", "catalogue"),
         plots={"photometry": _photometry_png(evals, kinds), "completeness": _completeness_png(rows),
                "residual": _residual_png(evals, kinds), "power": _power_png(evals, kinds),
                "injection": _injection_png(injection), "apertures": _aperture_png(rows, injection)},
