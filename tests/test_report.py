@@ -415,14 +415,23 @@ def test_without_truth_a_psnr_bound_is_a_bound_and_an_unusable_reference_judges_
     html = _render(tmp_path / "good", good)
     assert "&ge; 41.0" in html and "Every exposure passed" in html and "not judged" not in html
 
-    bad = [_stack_evaluation("e0", usable=True, n2n_psnr=40.0),
-           _stack_evaluation("e1", usable=False, n2n_psnr=40.0)]
+    # One exposure's reference failed: it is left out of the survey's figures, not the rest.
+    mixed = [_stack_evaluation("e0", usable=True, n2n_psnr=40.0),
+             _stack_evaluation("e1", usable=False, n2n_psnr=40.0)]
+    mixed[1]["scores"]["n2n"]["psnr"] = 10.0  # what a broken reference would read
+    html = _render(tmp_path / "mixed", mixed)
+    summary = io.read_json(tmp_path / "mixed" / "summary.json")
+    assert "1 of 2 exposure(s)" in html and "where its noise model predicts 20.00 dB" in html
+    assert summary["reference"]["failures"][0]["exposure"] == "e1" and summary["reference"]["n_judged"] == 1
+    assert all(v["judged"] for v in summary["verdicts"])
+    assert next(r for r in summary["rows"] if r["method"] == "n2n")["psnr"] == pytest.approx(40.0)
+
+    # Every reference failed: nothing is judged.
+    bad = [_stack_evaluation(f"e{i}", usable=False, n2n_psnr=40.0) for i in range(2)]
     html = _render(tmp_path / "bad", bad)
     assert "The reference is not usable" in html and "not judged" in html
-    assert "where its noise model predicts 20.00 dB" in html
     assert "photometric bias exceeds" not in html
     summary = io.read_json(tmp_path / "bad" / "summary.json")
-    assert summary["reference"]["failures"][0]["exposure"] == "e1"
     assert all(not v["judged"] for v in summary["verdicts"])
 
 

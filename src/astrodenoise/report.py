@@ -27,7 +27,15 @@ from . import io
 from .cutouts import gallery_path
 from .photometry import APERTURES
 from .provenance import code_version
-from .summary import BIAS_LIMIT, reference_kind, reference_summary, summarise, summarise_injection, verdicts
+from .summary import (
+    BIAS_LIMIT,
+    judged,
+    reference_kind,
+    reference_summary,
+    summarise,
+    summarise_injection,
+    verdicts,
+)
 
 __all__ = ["report"]
 
@@ -269,7 +277,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
     if not evals:
         raise ValueError("report needs at least one evaluation")
     fields, pictured = _field_items(evals, evaluations, figures, max_figures)
-    rows = summarise(evals)
+    rows = summarise(judged(evals))
     kinds = [r["method"] for r in rows]
     injection = summarise_injection(evals, kinds)
     reference = reference_summary(evals)

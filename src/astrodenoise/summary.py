@@ -13,7 +13,7 @@ from .inject import summarise_recovery
 from .photometry import APERTURES
 
 __all__ = ["BIAS_LIMIT", "kinds", "summarise", "summarise_injection", "verdicts", "reference_kind",
-           "reference_summary"]
+           "reference_summary", "judged"]
 
 #: Photometric bias (fraction of the flux, bright or faint sources) beyond which a
 #: result is flagged: a denoiser that shifts fluxes by more than 1% changes the science.
@@ -243,15 +243,26 @@ def reference_kind(evaluations: list[dict]) -> str:
 
 def reference_summary(evaluations: list[dict]) -> dict | None:
     """The self-tests of the leave-one-out references (:func:`astrodenoise.reference.reference_check`)
-    over the survey, None where the scores are not against a stack: ``usable`` when every
-    exposure's passed, ``failures`` ([{exposure, why}]) where one did not, the mean share
-    of pixels rejected as cosmic rays, and the input's estimated clean PSNR beside what
-    its noise model predicts (means over exposures)."""
+    over the survey, None where the scores are not against a stack: ``failures``
+    ([{exposure, why}]) of the exposures whose reference failed them (left out of the
+    survey's figures, :func:`judged`), ``n_judged`` those left, ``usable`` when any is,
+    the mean share of pixels rejected as cosmic rays, and the input's estimated clean
+    PSNR beside what its noise model predicts (means over exposures)."""
     checks = [(e["exposure"], e["reference_check"]) for e in evaluations if e.get("reference_check")]
     if not checks:
         return None
     failures = [{"exposure": name, "why": check["why"]} for name, check in checks if not check["usable"]]
-    return {"usable": not failures, "failures": failures, "n_exposures": len(checks),
+    return {"usable": len(failures) < len(checks), "failures": failures, "n_exposures": len(checks),
+            "n_judged": len(checks) - len(failures),
             "rejected": _mean(e.get("reference_rejected") for e in evaluations),
             "input_psnr_clean": _mean(check["psnr_estimated"] for _, check in checks),
             "input_psnr_expected": _mean(check["psnr_expected"] for _, check in checks)}
+
+
+def judged(evaluations: list[dict]) -> list[dict]:
+    """The evaluations the survey's figures and verdicts are drawn from: all but those
+    whose leave-one-out reference failed its self-tests (their figures would carry the
+    reference's error, not the methods'); all of them where every one failed, for
+    diagnosis (the verdicts then judge nothing: :func:`reference_summary`)."""
+    passed = [e for e in evaluations if (e.get("reference_check") or {}).get("usable", True)]
+    return passed or evaluations
