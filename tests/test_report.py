@@ -422,6 +422,7 @@ def test_without_truth_a_psnr_bound_is_a_bound_and_an_unusable_reference_judges_
     html = _render(tmp_path / "mixed", mixed)
     summary = io.read_json(tmp_path / "mixed" / "summary.json")
     assert "1 of 2 exposure(s)" in html and "where its noise model predicts 20.00 dB" in html
+    assert "Every exposure passed" not in html and "left out of the figures above" in html
     assert summary["reference"]["failures"][0]["exposure"] == "e1" and summary["reference"]["n_judged"] == 1
     assert all(v["judged"] for v in summary["verdicts"])
     assert next(r for r in summary["rows"] if r["method"] == "n2n")["psnr"] == pytest.approx(40.0)
