@@ -58,13 +58,7 @@ def reference_mse(image: np.ndarray, layers: np.ndarray, *, exclude: np.ndarray 
     m = len(layers)
     if m < 2:
         raise ValueError("reference_mse needs two independent copies of the truth or more")
-    d = image[None].astype(np.float64) - layers
-    valid = np.isfinite(d).all(axis=0)
-    if exclude is not None:
-        valid &= ~exclude
-    d = np.where(valid, d, 0.0)
-    total = d.sum(axis=0)
-    products = (total**2 - (d**2).sum(axis=0)) / (m * (m - 1))
+    products, valid = _pair_products(image, layers, exclude)
     if not valid.any():
         return float("nan"), float("nan")
     mse = float(products[valid].mean())
@@ -73,6 +67,26 @@ def reference_mse(image: np.ndarray, layers: np.ndarray, *, exclude: np.ndarray 
         return mse, float(products[valid].std() / np.sqrt(valid.sum()))
     se = np.sqrt(np.sum((sums - mse * counts) ** 2) * len(counts) / (len(counts) - 1)) / counts.sum()
     return mse, float(se)
+
+
+def _pair_products(image: np.ndarray, layers: np.ndarray, exclude: np.ndarray | None,
+                   rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the mean over pairs j != k of ``(image - x_j)(image - x_k)`` (float64),
+    and where it is defined (every layer and ``image`` finite, not ``exclude``), computed
+    ``rows`` image rows at a time: a float64 copy of all the layers of a large CCD would
+    take gigabytes."""
+    m = len(layers)
+    products = np.zeros(image.shape, np.float64)
+    valid = np.zeros(image.shape, bool)
+    for start in range(0, image.shape[0], rows):
+        band = slice(start, start + rows)
+        d = image[None, band].astype(np.float64) - layers[:, band]
+        ok = np.isfinite(d).all(axis=0) & (True if exclude is None else ~exclude[band])
+        d = np.where(ok, d, 0.0)
+        total = d.sum(axis=0)
+        products[band] = (total**2 - (d**2).sum(axis=0)) / (m * (m - 1))
+        valid[band] = ok
+    return products, valid
 
 
 def _block_sums(values: np.ndarray, block: int) -> np.ndarray:
