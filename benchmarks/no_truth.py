@@ -41,7 +41,7 @@ import yaml
 
 from astrodenoise import io
 from astrodenoise.evaluate import EvaluateConfig, evaluate_field
-from astrodenoise.photometry import APERTURES
+from astrodenoise.photometry import APERTURES, bias_se
 from astrodenoise.provenance import code_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def _pooled(cells: list[dict]) -> tuple[float | None, float | None, int]:
     cells = [c for c in cells if c["bias"] is not None]
     if not cells:
         return None, None, 0
-    se = [1.2533 * c["scatter"] / np.sqrt(c["n"]) if c["scatter"] is not None else np.nan for c in cells]
+    se = [np.nan if bias_se(c) is None else bias_se(c) for c in cells]
     return (
         float(np.mean([c["bias"] for c in cells])),
         float(np.sqrt(np.nansum(np.square(se))) / len(cells)),

@@ -117,6 +117,7 @@ from astrodenoise.photometry import (
     aperture_snr,
     aperture_suite,
     bias_by_aperture,
+    bias_se,
     catalog_zeropoint,
     median_se,
     snr_classes,
@@ -363,10 +364,8 @@ def _aperture_table(summary: dict) -> list[str]:
 
 
 def _median_se(cell: dict) -> float | None:
-    """Asymptotic standard error of a median, 1.2533 x robust scatter / sqrt(n)."""
-    if cell["scatter"] is None or not cell["n"]:
-        return None
-    return 1.2533 * cell["scatter"] / np.sqrt(cell["n"])
+    """Asymptotic standard error of a median (:func:`astrodenoise.photometry.bias_se`)."""
+    return bias_se(cell)
 
 
 def agreement(injected: dict, summary: dict) -> dict:

@@ -20,6 +20,7 @@ from astrodenoise import io
 from astrodenoise.evaluate import EvaluateConfig, evaluate_field
 from astrodenoise.ingest import ingest
 from astrodenoise.noise import noise
+from astrodenoise.photometry import bias_se
 from astrodenoise.register import register
 from astrodenoise.simulate import SimulationConfig, write_demo_survey
 
@@ -94,7 +95,7 @@ def _pooled(results, method, aperture, cls):
     """Mean over exposures of the median bias, and its standard error."""
     cells = [r["scores"][method]["photometry_apertures"][aperture][cls] for r in results]
     bias = np.mean([c["bias"] for c in cells])
-    se = np.sqrt(np.sum([(1.2533 * c["scatter"]) ** 2 / c["n"] for c in cells])) / len(cells)
+    se = np.sqrt(np.sum([bias_se(c) ** 2 for c in cells])) / len(cells)
     return bias, se
 
 

@@ -207,7 +207,7 @@ def _sources(catalog: str | None, data, background, mask, header, config, psf=No
     """Positions (x, y), magnitudes and PSF FWHM of the sources to measure.
 
     From the catalogue when there is one (demo truth), else detected on the input, with
-    magnitudes from their segment fluxes (:func:`_magnitudes`). The FWHM is the
+    magnitudes from their segment fluxes (:func:`_detected`). The FWHM is the
     catalogue's, else :func:`_fwhm`.
     """
     fwhm = _fwhm(header, psf, config)
@@ -217,19 +217,21 @@ def _sources(catalog: str | None, data, background, mask, header, config, psf=No
         zeropoint = catalog_zeropoint(mag, flux)
         return {"positions": np.column_stack([table["x"], table["y"]]), "mag": mag, "zeropoint": zeropoint,
                 "fwhm": float(table.meta.get("fwhm_pix", fwhm)), "catalog": True, "system": "catalogue"}
-    positions, flux = detect(data, background=background, mask=mask,
-                             threshold=config.detect_threshold, fwhm=fwhm)
+    return _detected(data, background, mask, header, fwhm, config) | {"catalog": False}
+
+
+def _detected(image, background, mask, header, fwhm: float, config) -> dict:
+    """The sources :func:`astrodenoise.detection.detect` finds on ``image`` (positive
+    segment flux), with ``mag``, ``zeropoint`` and the magnitude ``system``: the survey's,
+    from the header's zero point (:func:`astrodenoise.photometry.header_zeropoint`), else
+    instrumental (zero point 0)."""
+    positions, flux = detect(image, background=background, mask=mask, threshold=config.detect_threshold,
+                             fwhm=fwhm)
     keep = flux > 0
-    return {"positions": positions[keep], "fwhm": fwhm, "catalog": False} | _magnitudes(flux[keep], header)
-
-
-def _magnitudes(flux: np.ndarray, header) -> dict:
-    """``mag``, ``zeropoint`` and the magnitude ``system`` of fluxes (data units): the
-    survey's, from the header's zero point (:func:`astrodenoise.photometry.header_zeropoint`),
-    else instrumental (zero point 0)."""
     found = header_zeropoint(header)
     zeropoint, system = (found[0], f"header {found[1]}") if found else (0.0, "instrumental")
-    return {"mag": zeropoint - 2.5 * np.log10(flux), "zeropoint": zeropoint, "system": system}
+    return {"positions": positions[keep], "fwhm": fwhm, "mag": zeropoint - 2.5 * np.log10(flux[keep]),
+            "zeropoint": zeropoint, "system": system}
 
 
 def _stack_sources(stack: dict, background: np.ndarray, header, config, psf=None) -> dict:
@@ -245,11 +247,9 @@ def _stack_sources(stack: dict, background: np.ndarray, header, config, psf=None
     image = stack["deep"]
     stack_bkg, stack_rms = estimate_background(image)
     fwhm = _fwhm(header, psf, config)
-    positions, flux = detect(image, background=stack_bkg, mask=source_mask(image, stack_bkg, stack_rms),
-                             threshold=config.detect_threshold, fwhm=fwhm)
-    keep = flux > 0
-    positions = refine_centroids(image - stack_bkg, positions[keep], fwhm=fwhm)
-    return {"positions": positions, "fwhm": fwhm, "catalog": True} | _magnitudes(flux[keep], header)
+    sources = _detected(image, stack_bkg, source_mask(image, stack_bkg, stack_rms), header, fwhm, config)
+    sources["positions"] = refine_centroids(image - stack_bkg, sources["positions"], fwhm=fwhm)
+    return sources | {"catalog": True}
 
 
 def _structure_scores(image, *, data, background, mask, sigma, phot, sources, config,

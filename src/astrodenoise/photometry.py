@@ -16,7 +16,7 @@ __all__ = ["BRIGHT_SNR", "FAINT_SNR", "aperture_radius", "aperture_fluxes", "ape
            "aperture_weights", "aperture_snr", "APERTURE_FACTORS", "SKY_ANNULUS", "sky_pixels", "sky_mean",
            "local_sky", "circular_fluxes", "multi_aperture_fluxes", "kron_fluxes", "kron_areas", "APERTURES",
            "aperture_suite", "bias_by_aperture",
-           "snr_classes", "flux_bias", "magnitude_bins", "catalog_zeropoint", "header_zeropoint",
+           "snr_classes", "flux_bias", "bias_se", "magnitude_bins", "catalog_zeropoint", "header_zeropoint",
            "photometry_by_magnitude",
            "median_se"]
 
@@ -296,6 +296,14 @@ def flux_bias(flux: np.ndarray, reference: np.ndarray, snr: np.ndarray, *,
             "scatter": float(mad_std(ratio)) if pick.sum() > 2 else None,
         }
     return out
+
+
+def bias_se(cell: dict) -> float | None:
+    """Standard error of the median bias of a :func:`flux_bias` cell: the asymptotic
+    1.2533 x robust scatter / sqrt(n); None without a scatter."""
+    if cell.get("scatter") is None or not cell.get("n"):
+        return None
+    return float(1.2533 * cell["scatter"] / np.sqrt(cell["n"]))
 
 
 def catalog_zeropoint(mag: np.ndarray, flux: np.ndarray) -> float:

@@ -40,6 +40,7 @@ from . import io
 from .alignment import onto_grid
 from .metrics import estimated_psnr, reference_mse
 from .noise_model import NoiseModel, read_noise_model
+from .photometry import bias_se
 
 __all__ = ["REJECT_SIGMA", "SHAPE_TOLERANCE", "field_exposures", "layer_variance", "reject_outliers",
            "weighted_stack", "leave_one_out_stack", "PSNR_CHECK_DB", "cosmic_ray_pixels", "stack_scores",
@@ -278,8 +279,8 @@ def reference_check(scores: dict) -> dict:
         for cls, cell in classes.items():
             if cell["bias"] is None or cell["scatter"] is None or cell["n"] < MIN_TEST_SOURCES:
                 continue
-            cell_se = 1.2533 * cell["scatter"] / np.sqrt(cell["n"])
-            biases[f"{cls} {aperture}"] = {"bias": cell["bias"], "se": float(cell_se)}
+            cell_se = bias_se(cell)
+            biases[f"{cls} {aperture}"] = {"bias": cell["bias"], "se": cell_se}
             if abs(cell["bias"]) > BIAS_CHECK + 3 * cell_se:
                 why.append(f"the input's {cls}-source flux bias in {aperture} apertures is "
                            f"{100 * cell['bias']:+.1f} ± {100 * cell_se:.1f}%")
