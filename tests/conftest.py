@@ -86,6 +86,28 @@ def make_star_field(size: int | tuple[int, int] = 128, *, sky: float = 100.0, si
     return SyntheticImage(data.astype(np.float32), truth, sky, noise_sigma, gain, rn)
 
 
+def moffat_field(fwhm: float, *, n_stars: int = 30, flux_range: tuple[float, float] = (3.5, 4.5),
+                 cosmic_rays: int = 0, size: int = 256, exposures: int = 1, seed: int = 0):
+    """Moffat (beta 3.5) stars of FWHM ``fwhm`` and flux 10**``flux_range`` on a flat sky
+    ``SKY``, plus one-pixel-wide cosmic-ray hits brighter than most stars; one image, or a
+    list of ``exposures`` noise draws (Gaussian, ``SIGMA``) of the same stars."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    beta = 3.5
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    image = np.full((size, size), SKY)
+    for _ in range(n_stars):
+        x0, y0 = rng.uniform(15, size - 15, 2)
+        flux = 10 ** rng.uniform(*flux_range)
+        profile = (1 + ((xx - x0) ** 2 + (yy - y0) ** 2) / alpha**2) ** -beta
+        image += flux * profile / profile.sum()
+    for _ in range(cosmic_rays):
+        x0, y0 = rng.integers(15, size - 15, 2)
+        image[y0, x0:x0 + rng.integers(1, 4)] += rng.uniform(300, 2000)
+    draws = [(image + rng.normal(0, SIGMA, image.shape)).astype(np.float32) for _ in range(exposures)]
+    return draws[0] if exposures == 1 else draws
+
+
 def tan_header(shape: tuple[int, int], *, crval=(150.0, 2.2), scale_arcsec: float = 0.26,
                **cards) -> fits.Header:
     """A FITS header with a celestial TAN WCS centred on the image, plus ``cards``."""

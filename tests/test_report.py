@@ -292,7 +292,8 @@ def test_injection_summary_pools_exposures_and_flags_a_dimming_model(tmp_path):
         evaluation = _evaluation(f"e{i}", n2n_faint=-0.005)
         evaluation["scores"]["n2n"]["photometry"]["bright"]["bias"] = 0.002
         evaluation["injection"] = _injection_block(m5, n2n_faint=-0.04)
-        evaluation["psf"] = {"method": "EPSF of 9 stars", "fwhm": 3.1}  # as evaluate() writes it
+        # as evaluate() writes it
+        evaluation["psf"] = {"method": "Moffat (beta 3.10) fitted to 9 stars (median)", "fwhm": 3.1}
         evaluations.append(evaluation)
 
     rows = summarise_injection(evaluations, ["input", "gaussian", "n2n"])
@@ -318,7 +319,7 @@ def test_injection_summary_pools_exposures_and_flags_a_dimming_model(tmp_path):
     assert shown["faint_bias"] == pytest.approx(-0.04)
     assert 'id="injection-table"' in html and "-4.0%" in html
     assert 'id="aperture-table"' in html and "injected faint 3fwhm" in html
-    assert f"{shown['m50_gain']:+.2f}" in html and "EPSF of 9 stars" in html
+    assert f"{shown['m50_gain']:+.2f}" in html and "Moffat (beta 3.10) fitted to 9 stars (median)" in html
 
 
 def test_a_large_survey_embeds_a_capped_number_of_figures_spread_over_fields(tmp_path):

@@ -50,8 +50,9 @@ Gaussian-smoothing baseline) is scored the same way:
 
 - ``injection``: injection-recovery, the test that needs no truth (module
   :mod:`astrodenoise.inject`). The PSF is measured from the exposure's own stars
-  (photutils EPSF with a Moffat fitted to it; cosmic rays and galaxies rejected), and its
-  FWHM is also the one the photometry and detection above use when there is no
+  (a Moffat fitted to each; cosmic rays and galaxies rejected), or from its field's deep
+  stack when it has too few (:func:`exposure_psf`), and its FWHM is also the one the
+  photometry and detection above use when there is no
   catalogue. ``inject_count`` sources - point sources with that PSF and Sersic galaxies
   convolved with it - with magnitudes from 4 mag brighter to 1.5 mag fainter than the
   exposure's 5-sigma limit ``m5`` (half of them at a faint S/N) and their photon noise go
@@ -122,7 +123,7 @@ from .photometry import (
     photometry_by_magnitude,
 )
 from .provenance import code_version
-from .psf import measure_psf
+from .psf import PSF, measure_psf
 from .reference import (
     expected_input_psnr,
     field_exposures,
@@ -136,7 +137,7 @@ from .transform import exposure_normalisation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluateConfig", "score_image", "evaluate", "evaluate_field"]
+__all__ = ["EvaluateConfig", "score_image", "exposure_psf", "evaluate", "evaluate_field"]
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,24 @@ def score_image(image: np.ndarray, *, background, mask, truth=None, phot=None) -
         fluxes = aperture_fluxes(image - background, phot["positions"], radius=phot["radius"])
         scores["photometry"] = flux_bias(fluxes, phot["reference"], phot["snr"], denominator=phot.get("deep"))
     return scores
+
+
+def exposure_psf(data, background, *, sigma: float, bad, stack: dict | None, fwhm_guess: float) -> PSF:
+    """The exposure's PSF from its own stars (:func:`astrodenoise.psf.measure_psf`); where
+    it has too few and its field has a deep stack (no truth), from the stars of that stack,
+    which reach the S/N a Moffat fit needs where one exposure's do not (the stack's PSF is
+    the field's mean seeing); else the Gaussian of ``fwhm_guess`` that says so."""
+    psf = measure_psf(data, background, sigma=sigma, bad=bad, fwhm_guess=fwhm_guess)
+    if psf.n_stars or stack is None:
+        return psf
+    deep = stack["deep"]
+    deep_background, deep_rms = estimate_background(deep)
+    on_stack = measure_psf(deep, deep_background, sigma=float(np.nanmedian(deep_rms)), bad=bad,
+                           fwhm_guess=fwhm_guess)
+    if not on_stack.n_stars:
+        return psf
+    return dataclasses.replace(on_stack, method=f"{on_stack.method} on the deep stack of the field's "
+                                    f"{stack['n'] + 1} exposures (too few in this one)")
 
 
 def _fwhm(header, psf, config: EvaluateConfig) -> float:
@@ -493,8 +512,8 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     noise = read_noise_model(noise_json)
     background, rms = estimate_background(data)
     sky = {"background": background, "mask": source_mask(data, background, rms), "noise": noise}
-    psf = measure_psf(data, background, sigma=noise.sigma, bad=exposure["bad"],
-                      fwhm_guess=float(header.get("FWHM", config.default_fwhm)))
+    psf = exposure_psf(data, background, sigma=noise.sigma, bad=exposure["bad"], stack=stack,
+                       fwhm_guess=float(header.get("FWHM", config.default_fwhm)))
     baselines = _baseline_denoisers(noise, config)
     images = {"input": data} | {name: run(data) for name, run in baselines.items()}
     images |= {name: io.open_zarr_image(path)[...] for name, path in denoised.items()}

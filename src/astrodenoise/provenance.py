@@ -29,7 +29,7 @@ STEP_VERSIONS = {
     "register": 1,
     "train": 5,
     "predict": 5,
-    "evaluate": 10,
+    "evaluate": 11,
     "report": 9,
 }
 

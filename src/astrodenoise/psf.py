@@ -1,10 +1,9 @@
-"""The point-spread function of an exposure: a Moffat fitted to the EPSF of its own stars, or a Gaussian.
+"""The point-spread function of an exposure: a Moffat fitted to its own stars, or a Gaussian.
 
-:func:`measure_psf` builds an effective PSF (photutils ``EPSFBuilder``) from bright,
-isolated, unflagged, point-like sources and fits a Moffat profile to it
-(:func:`moffat_fit`: a few stars' noise would otherwise become fake wings); with too few
-stars it falls back to a Gaussian of the guessed FWHM and says so. :func:`stamp_fwhm` is
-the one FWHM rule of the package.
+:func:`measure_psf` selects bright, isolated, unflagged, point-like sources, fits a circular
+Moffat to each (:func:`fit_star`) and takes the median FWHM and beta; with too few stars it
+falls back to a Gaussian of the guessed FWHM and says so. The FWHM of the package is the
+fitted Moffat's (:func:`moffat_fwhm`), continuous and of the stars as the image samples them.
 """
 
 from __future__ import annotations
@@ -15,16 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.modeling import fitting
 from astropy.modeling.models import Moffat2D
-from astropy.nddata import NDData
 from astropy.stats import mad_std
-from astropy.table import Table
-from photutils.psf import EPSFBuilder, extract_stars
 from photutils.segmentation import SourceCatalog, SourceFinder
 from photutils.utils.exceptions import NoDetectionsWarning
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["PSF", "measure_psf", "moffat_fit", "gaussian_psf", "stamp_fwhm", "FWHM_PER_SIGMA"]
+__all__ = ["PSF", "measure_psf", "fit_star", "moffat_fwhm", "moffat_stamp", "gaussian_psf", "FWHM_PER_SIGMA"]
+
+#: The shallowest Moffat wing a star may have (seeing gives 2.5-5): a fit that ends there
+#: has fitted a neighbour's light or the noise, and its star is left out.
+BETA_MIN = 1.5
 
 #: FWHM of a Gaussian in units of its standard deviation, 2 sqrt(2 ln 2).
 FWHM_PER_SIGMA = 2.3548
@@ -44,12 +44,6 @@ class PSF:
                 "size": int(self.stamp.shape[0])}
 
 
-def stamp_fwhm(stamp: np.ndarray) -> float:
-    """FWHM (pixels) of a PSF stamp from the area above half its maximum (a Gaussian fit
-    reads a Moffat's wings as width: +11% on the demo's stars)."""
-    return float(2 * np.sqrt((stamp >= stamp.max() / 2).sum() / np.pi))
-
-
 def gaussian_psf(fwhm: float, *, size: int | None = None) -> np.ndarray:
     """A circular Gaussian stamp of ``fwhm`` pixels, odd side (about 6 FWHM), sum 1."""
     half = max(7, int(np.ceil(3 * fwhm))) if size is None else size // 2
@@ -59,8 +53,8 @@ def gaussian_psf(fwhm: float, *, size: int | None = None) -> np.ndarray:
 
 
 def measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: np.ndarray | None = None,
-                fwhm_guess: float = 3.5, min_stars: int = 4, max_stars: int = 40) -> PSF:
-    """Effective PSF of an exposure from its own stars (photutils ``EPSFBuilder``).
+                fwhm_guess: float = 3.5, min_stars: int = 2, max_stars: int = 40) -> PSF:
+    """The PSF of an exposure from its own stars: a Moffat of their median FWHM and beta.
 
     Candidates are sources of the image filtered by a Gaussian of ``fwhm_guess`` above 5
     sigma, with at least 20 times the noise of their segment, away from flagged pixels
@@ -68,10 +62,12 @@ def measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: 
     Cosmic rays are dropped (a peak pixel whose four direct neighbours do not all reach
     a quarter of it: any PSF sampled by 2 pixels or more per FWHM does), then galaxies
     (stars are the most compact of what is left: peak over flux within 35% of that of
-    the most compact quarter). The stamp is about 6 times the FWHM (at least 15 pixels).
+    the most compact quarter). Each is fitted with a Moffat (:func:`fit_star`); the stamp,
+about 6 times the FWHM (at least 15 pixels), is the Moffat of the median FWHM and beta
+(a few stars' noise does not become fake wings).
     When the measured FWHM is far (30%) from the guess, the measurement is made again
     with it as the guess, so that the filter and the stamp fit the stars. With fewer
-    than ``min_stars`` candidates (or if the builder fails), a Gaussian of
+    than ``min_stars`` candidates (or fits), a Gaussian of
     ``fwhm_guess`` pixels, said so in ``method``.
     """
     psf = _measure_psf(data, background, sigma=sigma, bad=bad, fwhm_guess=fwhm_guess,
@@ -112,7 +108,6 @@ def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad:
     residual = np.nan_to_num(data - background)
     filtered = ndimage.gaussian_filter(residual, fwhm_guess / FWHM_PER_SIGMA)
     half = max(7, int(np.ceil(3 * fwhm_guess)))
-    size = 2 * half + 1
     gaussian = f"Gaussian of FWHM {fwhm_guess:.2f} px"
     fallback = PSF(gaussian_psf(fwhm_guess), fwhm_guess, 0, f"{gaussian} (too few stars)")
     threshold = 5 * float(mad_std(filtered[np.isfinite(data)]))
@@ -139,49 +134,63 @@ def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad:
     if len(pick) < min_stars:
         return fallback
     pick = pick[np.argsort(-flux[pick])][:max_stars]
-    stars = extract_stars(NDData(residual), Table({"x": x[pick], "y": y[pick]}), size=size)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence chatter of the builder
-            epsf, _ = EPSFBuilder(oversampling=1, maxiters=5, progress_bar=False)(stars)
-    except Exception as error:  # noqa: BLE001 - any builder failure falls back, and says why
-        return PSF(fallback.stamp, fwhm_guess, 0, f"{gaussian} (EPSF failed: {error})")
-    data = np.asarray(epsf.data, float)
-    if data.shape[0] % 2 == 0 or data.sum() <= 0:
-        return fallback
-    fitted = moffat_fit(data, fwhm_guess)
-    if fitted is not None:
-        stamp, beta = fitted
-        method = f"Moffat (beta {beta:.2f}) fit to the EPSF of {len(pick)} stars"
-        return PSF(stamp, stamp_fwhm(stamp), len(pick), method)
-    stamp = np.clip(data, 0, None)
-    stamp /= stamp.sum()
-    return PSF(stamp, stamp_fwhm(stamp), len(pick), f"EPSF of {len(pick)} stars")
+    labels = np.asarray(cat.labels)
+    fits = [fit_star(residual, x[i], y[i], half=half, fwhm_guess=fwhm_guess,
+                     others=(segments.data != 0) & (segments.data != labels[i])) for i in pick]
+    fits = np.array([f for f in fits if f is not None]).reshape(-1, 2)
+    if len(fits) < min_stars:
+        failed = f"Moffat fits failed on {len(pick) - len(fits)} of {len(pick)} stars"
+        return PSF(fallback.stamp, fwhm_guess, 0, f"{gaussian} ({failed})")
+    fwhm, beta = np.median(fits, axis=0)
+    method = f"Moffat (beta {beta:.2f}) fitted to {len(fits)} stars (median)"
+    return PSF(moffat_stamp(fwhm, beta, half=half), float(fwhm), len(fits), method)
 
 
-def moffat_fit(epsf: np.ndarray, fwhm_guess: float) -> tuple[np.ndarray, float] | None:
-    """A circular Moffat profile fitted (least squares, centred) to an empirical PSF, drawn
-    on the same stamp at the same pixel centres, sum 1, and its beta; None when the fit
-    fails.
+def moffat_fwhm(gamma: float, beta: float) -> float:
+    """FWHM of a Moffat profile (1 + r**2 / gamma**2) ** -beta."""
+    return float(2 * gamma * np.sqrt(2 ** (1 / beta) - 1))
 
-    An EPSF of a few stars carries their noise into its wings, and a stamp clipped at zero
-    turns that noise into a pedestal: on the demo, 7% of the flux of such a stamp lay beyond
-    3 FWHM where the true PSF had 0.2%, and sources injected with it lost their fake wings to
-    every denoiser. The fit keeps the core's width and the wings' slope (beta) the stars show.
+
+def moffat_stamp(fwhm: float, beta: float, *, half: int) -> np.ndarray:
+    """A circular Moffat of ``fwhm`` pixels and ``beta`` drawn at the pixel centres of a
+    stamp of side 2 ``half`` + 1, sum 1."""
+    gamma = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+    stamp = (1 + (xx**2 + yy**2) / gamma**2) ** -beta
+    return stamp / stamp.sum()
+
+
+def fit_star(residual: np.ndarray, x: float, y: float, *, half: int, fwhm_guess: float,
+             others: np.ndarray | None = None) -> tuple[float, float] | None:
+    """(FWHM in pixels, beta) of a circular Moffat fitted by least squares (free centre and
+    amplitude) to the star at (``x``, ``y``) of a sky-subtracted image, on a stamp of side
+    2 ``half`` + 1; None when the fit fails or runs into its bounds.
+
+    Each star is fitted on its own pixels, so the FWHM is that of the stars as the image
+    samples them. An effective PSF built first (photutils ``EPSFBuilder`` at oversampling 1)
+    bins the stars' pixels at their sub-pixel offsets and smooths them: +10% FWHM at 2.5 px;
+    and a stamp's area above half maximum moves in steps of about 4%.
     """
-    half = epsf.shape[0] // 2
+    yc, xc = int(round(y)), int(round(x))
+    box = (slice(yc - half, yc + half + 1), slice(xc - half, xc + half + 1))
+    stamp = residual[box]
+    weights = None
+    if others is not None:  # other sources' pixels, grown by a FWHM, do not pull the fit
+        grow = max(1, int(np.ceil(fwhm_guess)))
+        weights = (~ndimage.binary_dilation(others[box], iterations=grow)).astype(float)
     yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(float)
-    start = Moffat2D(amplitude=float(epsf.max()), x_0=0.0, y_0=0.0, alpha=3.0,
+    start = Moffat2D(amplitude=float(stamp.max()), x_0=x - xc, y_0=y - yc, alpha=3.0,
                      gamma=fwhm_guess / (2 * np.sqrt(2 ** (1 / 3.0) - 1)))
-    start.x_0.fixed = start.y_0.fixed = True
-    start.alpha.bounds, start.gamma.bounds = (1.2, 12.0), (0.2, 10 * fwhm_guess)
+    start.alpha.bounds, start.gamma.bounds = (BETA_MIN, 30.0), (0.2, 10 * fwhm_guess)
+    start.x_0.bounds = start.y_0.bounds = (-2.0, 2.0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the fitter's convergence chatter
-            fit = fitting.TRFLSQFitter()(start, xx, yy, epsf)
-    except Exception:  # noqa: BLE001 - a failed fit keeps the EPSF itself
+            fit = fitting.TRFLSQFitter()(start, xx, yy, stamp, weights=weights)
+    except Exception:  # noqa: BLE001 - a failed fit leaves the star out
         return None
-    stamp = fit(xx, yy)  # sampled as the EPSF is, at pixel centres
-    if not np.isfinite(stamp).all() or stamp.sum() <= 0:
+    beta, gamma = float(fit.alpha.value), float(fit.gamma.value)
+    if not (np.isfinite(beta) and np.isfinite(gamma) and beta > BETA_MIN * 1.01
+            and 0.21 < abs(gamma) < 9.9 * fwhm_guess):
         return None
-    return stamp / stamp.sum(), float(fit.alpha.value)
+    return moffat_fwhm(abs(gamma), beta), beta
