@@ -120,6 +120,7 @@ from astrodenoise.photometry import (
     bias_se,
     catalog_zeropoint,
     median_se,
+    own_light,
     snr_classes,
 )
 from astrodenoise.psf import measure_psf
@@ -274,23 +275,28 @@ def exposure_context(raw: Path, noise_json: Path, truth_fits: Path, catalog: Pat
     radius = aperture_radius(fwhm)
     reference = aperture_fluxes(truth - background, positions, radius=radius)
     free = source_free_sky(truth, noise.sigma)
+    # sources whose apertures hold mostly their neighbours' light are in no S/N class
+    own = own_light(np.asarray(table["flux"], float), truth - background, positions, fwhm=fwhm)
     context = {"data": data, "input_detections": detection_map(data, background, free, fwhm),
             "truth": truth, "noise": noise,
             "background": background, "mask": source_mask(data, background, rms),
+            # the photometry's sky annuli leave out the truth's sources, as evaluate does
+            "sky_mask": source_mask(truth, background, rms),
             "cr": cosmic_ray_pixels(data, truth, noise), "free": free,
             "fwhm": fwhm, "positions": positions, "radius": radius, "reference": reference,
             "kron_reference": truth - background,
-            "snr": aperture_snr(reference, radius=radius, sigma=noise.sigma, gain=noise.gain)}
+            "snr": np.where(own, aperture_snr(reference, radius=radius, sigma=noise.sigma, gain=noise.gain),
+                            np.nan)}
     return context | {"apertures": _apertures(truth, context)}
 
 
 def _apertures(image: np.ndarray, ctx: dict) -> dict[str, np.ndarray]:
-    """Fluxes at 1, 2, 3 x FWHM (local sky, the input's source mask left out of the
+    """Fluxes at 1, 2, 3 x FWHM (local sky, the truth's source mask left out of the
     annulus) and in Kron apertures defined on the truth (segmented above 1 noise sigma),
     for the catalogue sources of the exposure: the evaluate step's measurement."""
     return aperture_suite({"image": image}, ctx["positions"], fwhm=ctx["fwhm"],
                           kron_reference=ctx["kron_reference"], threshold=ctx["noise"].sigma,
-                          select=ctx["data"], background=ctx["background"], mask=ctx["mask"])["image"]
+                          select=ctx["data"], background=ctx["background"], mask=ctx["sky_mask"])["image"]
 
 
 def summarise(per_exposure: list[dict], contexts: list[dict], methods: list[str]) -> dict:

@@ -8,10 +8,10 @@ from astropy.table import Table
 
 from astrodenoise import io
 from astrodenoise.cutouts import gallery_path
-from astrodenoise.evaluate import EvaluateConfig, evaluate, exposure_psf, score_image
+from astrodenoise.evaluate import EvaluateConfig, evaluate, score_image
 from astrodenoise.ingest import ingest
 from astrodenoise.noise import noise
-from conftest import SIGMA, SKY, moffat_field, ramp
+from conftest import ramp
 
 
 def test_score_image_of_truth_is_perfect():
@@ -230,17 +230,3 @@ def test_evaluate_scores_psnr_without_cosmic_rays(evaluated):
     assert scores["perfect"]["psnr_clean"] > scores["input"]["psnr_clean"]
     assert scores["input"]["psnr_clean_gain"] == 0.0
 
-
-def test_psf_of_an_exposure_with_too_few_bright_stars_comes_from_its_fields_deep_stack():
-    """Stars too faint for a fit in one exposure (S/N under 20) reach it in the stack of
-    four: the PSF is measured there and says so, instead of a guessed Gaussian."""
-    exposures = moffat_field(4.5, flux_range=(2.3, 2.6), exposures=4, seed=0)
-    background = np.full(exposures[0].shape, SKY)
-
-    alone = exposure_psf(exposures[0], background, sigma=SIGMA, bad=None, stack=None, fwhm_guess=3.5)
-    psf = exposure_psf(exposures[0], background, sigma=SIGMA, bad=None, fwhm_guess=3.5,
-                       stack={"deep": np.mean(exposures, axis=0), "n": 3})
-
-    assert alone.n_stars == 0 and "too few stars" in alone.method
-    assert psf.n_stars >= 3 and "deep stack of the field's 4 exposures" in psf.method
-    assert psf.fwhm == pytest.approx(4.5, rel=0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.io import fits
+from photutils.utils.exceptions import NoDetectionsWarning
 
 from astrodenoise.photometry import (
     APERTURES,
@@ -18,6 +19,7 @@ from astrodenoise.photometry import (
     local_sky,
     median_se,
     multi_aperture_fluxes,
+    own_light,
     photometry_by_magnitude,
     snr_classes,
 )
@@ -164,7 +166,7 @@ def test_a_noisy_exposure_reads_its_truth_in_every_aperture_of_a_crowded_field()
         for seed in range(6):
             noisy = simulate_exposure(truth, config, np.random.default_rng(seed)).astype(np.float64)
             background, rms = estimate_background(noisy)
-            mask, sigma = source_mask(noisy, background, rms), float(np.median(rms))
+            mask, sigma = source_mask(truth, background, rms), float(np.median(rms))  # as evaluate does
             fluxes = aperture_suite({"truth": truth, "noisy": noisy}, positions, fwhm=fwhm,
                                     kron_reference=truth - background, threshold=sigma,
                                     select=noisy, background=background, mask=mask)
@@ -178,6 +180,44 @@ def test_a_noisy_exposure_reads_its_truth_in_every_aperture_of_a_crowded_field()
         median, se = median_se(ratio[pick], np.random.default_rng(0))
         assert pick.sum() > 200, key
         assert abs(median) < max(3 * se, 0.01), (key, median, se)
+
+
+def test_a_source_mask_found_on_the_noisy_image_reads_its_sky_low_one_found_on_the_truth_does_not():
+    """On blank sky, the source mask found on the noisy image (2 sigma, 5 pixels, grown by
+    4) covers the noise's highs: about 7% of the pixels. The annulus pixels left read the
+    sky 0.009 sigma low, which a 3 x FWHM aperture of a faint source turns into +3-5% of
+    its flux. The mask of the noise-free truth (what evaluate uses) leaves the sky unbiased."""
+    truth = np.full((512, 512), 100.0)
+    grid = np.arange(30, 490, 36.0)
+    positions = np.array([(x, y) for x in grid for y in grid])
+    offsets = {"noisy": [], "truth": []}
+    for seed in range(4):
+        noisy = truth + np.random.default_rng(seed).normal(0.0, 3.0, truth.shape)
+        background, rms = estimate_background(noisy)
+        with pytest.warns(NoDetectionsWarning):
+            masks = {name: source_mask(image, background, rms)
+                     for name, image in (("noisy", noisy), ("truth", truth))}
+        for name, mask in masks.items():
+            sky = local_sky(noisy, positions, inner=12, outer=18, mask=mask, select=noisy)
+            offsets[name].append(sky - 100)
+    noisy_mask, truth_mask = np.concatenate(offsets["noisy"]), np.concatenate(offsets["truth"])
+    se = truth_mask.std() / np.sqrt(len(truth_mask))
+
+    assert noisy_mask.mean() < -0.012  # -0.026 expected; its SE is 0.005
+    assert abs(truth_mask.mean()) < 3 * se
+
+
+def test_own_light_leaves_out_a_faint_source_beside_a_bright_one():
+    """A faint source 2.5 FWHM from a star 100 times brighter has most of its 3 x FWHM
+    aperture's light from the star: no class scores it. The same source alone, and the
+    star, keep theirs."""
+    image = _gaussian((96, 96), 40.0, 48.0, 20000.0) + _gaussian((96, 96), 40.0 + 2.5 * FWHM, 48.0, 200.0) \
+        + _gaussian((96, 96), 75.0, 20.0, 200.0)
+    positions = np.array([[40.0, 48.0], [40.0 + 2.5 * FWHM, 48.0], [75.0, 20.0]])
+
+    own = own_light(np.array([20000.0, 200.0, 200.0]), image, positions, fwhm=FWHM)
+
+    assert own.tolist() == [True, False, True]
 
 
 def test_the_local_sky_is_linear_the_same_pixels_in_every_image_and_blind_to_a_cosmic_ray():

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+import conftest
 from astrodenoise.metrics import estimated_psnr, reference_mse, reference_range
 from astrodenoise.noise_model import NoiseModel
-from astrodenoise.reference import layer_variance, reject_outliers, weighted_stack
+from astrodenoise.reference import exposure_psf, layer_variance, reject_outliers, weighted_stack
+from conftest import moffat_field
 
 SKY, SIGMA, GAIN = 100.0, 5.0, 4.0
 
@@ -151,3 +153,18 @@ def test_estimated_psnr_of_no_shared_pixel_is_none():
     mse, se = reference_mse(np.ones((8, 8)), layers)
 
     assert estimated_psnr(mse, se, 10.0) == {"psnr": None, "psnr_se": None, "psnr_lower": None}
+
+
+def test_psf_of_an_exposure_with_too_few_bright_stars_comes_from_its_fields_deep_stack():
+    """Stars too faint for a fit in one exposure (S/N under 20) reach it in the stack of
+    four: the PSF is measured there and says so, instead of a guessed Gaussian."""
+    exposures = moffat_field(4.5, flux_range=(2.3, 2.6), exposures=4, seed=0)
+    background = np.full(exposures[0].shape, conftest.SKY)
+
+    alone = exposure_psf(exposures[0], background, sigma=conftest.SIGMA, bad=None, stack=None, fwhm_guess=3.5)
+    psf = exposure_psf(exposures[0], background, sigma=conftest.SIGMA, bad=None, fwhm_guess=3.5,
+                       stack={"deep": np.mean(exposures, axis=0), "n": 3})
+
+    assert alone.n_stars == 0 and "too few stars" in alone.method
+    assert psf.n_stars >= 3 and "deep stack of the field's 4 exposures" in psf.method
+    assert psf.fwhm == pytest.approx(4.5, rel=0.05)

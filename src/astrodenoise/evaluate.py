@@ -21,8 +21,9 @@ Gaussian-smoothing baseline) is scored the same way:
 - ``photometry_apertures``: the same bias and scatter measured as an astronomer measures
   it, in every aperture of :data:`astrodenoise.photometry.APERTURES`: circular apertures
   of 1, 2 and 3 x FWHM each minus a local sky (the mean of a 4-6 FWHM annulus, the
-  input's source mask and what a 3-sigma clip of the input rejects left out: the same
-  pixels in every image, :func:`astrodenoise.photometry.local_sky`), and Kron
+  sources of the reference (the truth, the deep stack, else the input) masked and what a
+  3-sigma clip of the input rejects left out: the same pixels in every image,
+  :func:`astrodenoise.photometry.local_sky`), and Kron
   apertures (2.5 Kron radii) defined on the reference (segmented above 1 sigma of the
   input's noise for the truth, 3 sigma of the reference's own noise otherwise) and laid
   on every image; the reference measured the same way. The wings a denoiser flattens
@@ -51,7 +52,7 @@ Gaussian-smoothing baseline) is scored the same way:
 - ``injection``: injection-recovery, the test that needs no truth (module
   :mod:`astrodenoise.inject`). The PSF is measured from the exposure's own stars
   (a Moffat fitted to each; cosmic rays and galaxies rejected), or from its field's deep
-  stack when it has too few (:func:`exposure_psf`), and its FWHM is also the one the
+  stack when it has too few (:func:`astrodenoise.reference.exposure_psf`), and its FWHM is also the one the
   photometry and detection above use when there is no
   catalogue. ``inject_count`` sources - point sources with that PSF and Sersic galaxies
   convolved with it - with magnitudes from 4 mag brighter to 1.5 mag fainter than the
@@ -120,12 +121,13 @@ from .photometry import (
     catalog_zeropoint,
     flux_bias,
     header_zeropoint,
+    own_light,
     photometry_by_magnitude,
 )
 from .provenance import code_version
-from .psf import PSF, measure_psf
 from .reference import (
     expected_input_psnr,
+    exposure_psf,
     field_exposures,
     leave_one_out_stack,
     reference_check,
@@ -137,7 +139,7 @@ from .transform import exposure_normalisation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluateConfig", "score_image", "exposure_psf", "evaluate", "evaluate_field"]
+__all__ = ["EvaluateConfig", "score_image", "evaluate", "evaluate_field"]
 
 
 @dataclass(frozen=True)
@@ -196,24 +198,6 @@ def score_image(image: np.ndarray, *, background, mask, truth=None, phot=None) -
     return scores
 
 
-def exposure_psf(data, background, *, sigma: float, bad, stack: dict | None, fwhm_guess: float) -> PSF:
-    """The exposure's PSF from its own stars (:func:`astrodenoise.psf.measure_psf`); where
-    it has too few and its field has a deep stack (no truth), from the stars of that stack,
-    which reach the S/N a Moffat fit needs where one exposure's do not (the stack's PSF is
-    the field's mean seeing); else the Gaussian of ``fwhm_guess`` that says so."""
-    psf = measure_psf(data, background, sigma=sigma, bad=bad, fwhm_guess=fwhm_guess)
-    if psf.n_stars or stack is None:
-        return psf
-    deep = stack["deep"]
-    deep_background, deep_rms = estimate_background(deep)
-    on_stack = measure_psf(deep, deep_background, sigma=float(np.nanmedian(deep_rms)), bad=bad,
-                           fwhm_guess=fwhm_guess)
-    if not on_stack.n_stars:
-        return psf
-    return dataclasses.replace(on_stack, method=f"{on_stack.method} on the deep stack of the field's "
-                                    f"{stack['n'] + 1} exposures (too few in this one)")
-
-
 def _fwhm(header, psf, config: EvaluateConfig) -> float:
     """PSF FWHM in pixels: measured from the exposure's stars when it has enough, else the
     header's ``FWHM`` keyword, else ``config.default_fwhm``."""
@@ -234,8 +218,9 @@ def _sources(catalog: str | None, data, background, mask, header, config, psf=No
         table = Table.read(catalog, format="ascii.ecsv")
         flux, mag = np.asarray(table["flux"], float), np.asarray(table["mag"], float)
         zeropoint = catalog_zeropoint(mag, flux)
-        return {"positions": np.column_stack([table["x"], table["y"]]), "mag": mag, "zeropoint": zeropoint,
-                "fwhm": float(table.meta.get("fwhm_pix", fwhm)), "catalog": True, "system": "catalogue"}
+        return {"positions": np.column_stack([table["x"], table["y"]]), "mag": mag, "flux": flux,
+                "zeropoint": zeropoint, "fwhm": float(table.meta.get("fwhm_pix", fwhm)), "catalog": True,
+                "system": "catalogue"}
     return _detected(data, background, mask, header, fwhm, config) | {"catalog": False}
 
 
@@ -250,7 +235,7 @@ def _detected(image, background, mask, header, fwhm: float, config) -> dict:
     found = header_zeropoint(header)
     zeropoint, system = (found[0], f"header {found[1]}") if found else (0.0, "instrumental")
     return {"positions": positions[keep], "fwhm": fwhm, "mag": zeropoint - 2.5 * np.log10(flux[keep]),
-            "zeropoint": zeropoint, "system": system}
+            "flux": flux[keep], "zeropoint": zeropoint, "system": system}
 
 
 def _stack_sources(stack: dict, background: np.ndarray, header, config, psf=None) -> dict:
@@ -266,9 +251,10 @@ def _stack_sources(stack: dict, background: np.ndarray, header, config, psf=None
     image = stack["deep"]
     stack_bkg, stack_rms = estimate_background(image)
     fwhm = _fwhm(header, psf, config)
-    sources = _detected(image, stack_bkg, source_mask(image, stack_bkg, stack_rms), header, fwhm, config)
+    mask = source_mask(image, stack_bkg, stack_rms)
+    sources = _detected(image, stack_bkg, mask, header, fwhm, config)
     sources["positions"] = refine_centroids(image - stack_bkg, sources["positions"], fwhm=fwhm)
-    return sources | {"catalog": True}
+    return sources | {"catalog": True, "mask": mask}
 
 
 def _structure_scores(image, *, data, background, mask, sigma, phot, sources, config,
@@ -283,7 +269,7 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
     if phot is not None:
         fluxes = aperture_fluxes(image - background, phot["positions"], radius=phot["radius"])
         out["photometry_by_magnitude"] = photometry_by_magnitude(
-            fluxes, phot["reference"], sources["mag"], bin_width=config.mag_bin, denominator=phot.get("deep"))
+            fluxes, phot["reference"], phot["mag"], bin_width=config.mag_bin, denominator=phot.get("deep"))
     found, found_flux = detect(image, background=background, mask=mask, threshold=config.detect_threshold,
                                fwhm=sources["fwhm"])
     if sources["catalog"] and len(sources["positions"]):
@@ -296,36 +282,39 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
     return out
 
 
-def _photometry_setup(reference, background, positions, *, fwhm, sigma, gain, reference_sigma, config,
-                      deep=None):
-    """Aperture radius, reference fluxes and their S/N at the measured sources, and what
+def _photometry_setup(reference, background, sources, *, sigma, gain, reference_sigma, config, deep=None):
+    """Aperture radius, reference fluxes and their S/N at the ``sources``, and what
     the apertures of :func:`astrodenoise.photometry.aperture_suite` need: the reference
     image, the image its Kron apertures are defined on and the segmentation threshold
     (1 sigma of the input's noise on a noise-free truth, 3 sigma of a noisy reference's).
     With a noisy reference, ``deep`` (the field's stack with the exposure itself) gives
     the fluxes that sort sources into S/N classes and divide the differences
-    (:func:`astrodenoise.photometry.flux_bias`)."""
+    (:func:`astrodenoise.photometry.flux_bias`). Sources whose apertures hold mostly their
+    neighbours' light (:func:`astrodenoise.photometry.own_light`) are in no class
+    (``snr`` NaN) and no magnitude bin (``mag`` NaN)."""
+    positions, fwhm = sources["positions"], sources["fwhm"]
     radius = aperture_radius(fwhm, factor=config.aperture_fwhm)
     ref_flux = aperture_fluxes(reference - background, positions, radius=radius)
     sorting = ref_flux if deep is None else aperture_fluxes(deep - background, positions, radius=radius)
+    own = own_light(sources["flux"], (reference if deep is None else deep) - background, positions, fwhm=fwhm)
+    snr = aperture_snr(sorting, radius=radius, sigma=sigma, gain=gain)
     out = {"positions": positions, "radius": radius, "reference": ref_flux, "fwhm": fwhm,
-           "snr": aperture_snr(sorting, radius=radius, sigma=sigma, gain=gain),
+           "snr": np.where(own, snr, np.nan), "mag": np.where(own, sources["mag"], np.nan),
            "image": reference, "kron_reference": reference - background,
            "threshold": sigma if not reference_sigma else 3 * reference_sigma}
     return out | ({"deep": sorting, "deep_image": deep} if deep is not None else {})
 
 
-def _aperture_scores(images: dict, *, select, background, mask, phot: dict, mag: np.ndarray,
-                     config) -> dict:
+def _aperture_scores(images: dict, *, select, background, phot: dict, mag: np.ndarray, config) -> dict:
     """Per image kind, ``photometry_apertures`` and ``photometry_by_magnitude_apertures``:
     every aperture of :data:`~astrodenoise.photometry.APERTURES` on the image against the
     same aperture on the reference, the sky of every image from the pixels chosen on
-    ``select`` (the input)."""
+    ``select`` (the input) off the sources of ``phot["sky_mask"]``."""
     extra = {"__reference__": phot["image"]} | ({"__deep__": phot["deep_image"]} if "deep" in phot else {})
     extra |= {"__clean_input__": phot["clean_input"]} if "clean_input" in phot else {}
     fluxes = aperture_suite(images | extra, phot["positions"], fwhm=phot["fwhm"],
                             kron_reference=phot["kron_reference"], threshold=phot["threshold"],
-                            select=select, background=background, mask=mask)
+                            select=select, background=background, mask=phot["sky_mask"])
     reference, deep = fluxes.pop("__reference__"), fluxes.pop("__deep__", None)
     clean = fluxes.pop("__clean_input__", None)
     out = {name: {"photometry_apertures": bias_by_aperture(flux, reference, phot["snr"], denominator=deep),
@@ -411,13 +400,27 @@ def _reference(exposure: dict, *, sky: dict, psf, truth_fits, catalog, stack, co
     if len(sources["positions"]):
         reference_sigma = stack["sigma"] if stack else 0.0 if truth is not None else sky["noise"].sigma
         phot = _photometry_setup(truth if truth is not None else data, sky["background"],
-                                 sources["positions"], fwhm=sources["fwhm"], sigma=sky["noise"].sigma,
+                                 sources, sigma=sky["noise"].sigma,
                                  gain=sky["noise"].gain, reference_sigma=reference_sigma, config=config,
                                  deep=stack["deep"] if stack else None)
+        phot["sky_mask"] = _sky_mask(truth, stack, sources, sky)
         if stack:  # the input without its own cosmic rays: what the self-test measures
             own = stack["target_rejected"] | stack["target_flagged"]
             phot["clean_input"] = np.where(own, stack["image"], data)
     return {"truth": truth, "stack": stack, "sources": sources, "phot": phot}
+
+
+def _sky_mask(truth, stack, sources: dict, sky: dict) -> np.ndarray:
+    """The sources left out of the local-sky annuli, found on an image whose noise does not
+    bias the sky of the images measured: the truth (none), the deep stack (as correlated
+    with the target's noise as with the reference's), else the input itself. A mask found
+    on the input leaves out the pixels its noise lifted above the threshold, so its sky
+    reads low and its faint-source flux high: +2 to +4% at 3 x FWHM on the check survey."""
+    if stack is not None:
+        return sources["mask"]
+    if truth is not None:
+        return source_mask(truth, sky["background"], sky["rms"])
+    return sky["mask"]
 
 
 def _score_all(images: dict, data: np.ndarray, *, sky: dict, ref: dict, config) -> dict:
@@ -435,8 +438,8 @@ def _score_all(images: dict, data: np.ndarray, *, sky: dict, ref: dict, config) 
                                           sigma=noise.sigma, phot=ref["phot"], sources=ref["sources"],
                                           config=config, input_power=input_power)
     if ref["phot"] is not None:
-        extras = _aperture_scores(images, select=data, background=background, mask=mask, phot=ref["phot"],
-                                  mag=ref["sources"]["mag"], config=config)
+        extras = _aperture_scores(images, select=data, background=background, phot=ref["phot"],
+                                  mag=ref["phot"]["mag"], config=config)
         for name, extra in extras.items():
             scores[name] |= extra
     if truth is not None:
@@ -511,7 +514,7 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     data, header = exposure["data"], exposure["header"]
     noise = read_noise_model(noise_json)
     background, rms = estimate_background(data)
-    sky = {"background": background, "mask": source_mask(data, background, rms), "noise": noise}
+    sky = {"background": background, "rms": rms, "mask": source_mask(data, background, rms), "noise": noise}
     psf = exposure_psf(data, background, sigma=noise.sigma, bad=exposure["bad"], stack=stack,
                        fwhm_guess=float(header.get("FWHM", config.default_fwhm)))
     baselines = _baseline_denoisers(noise, config)

@@ -25,10 +25,14 @@ ray only adds light).
   deepest image of the field: the S/N that sorts sources into bright and faint, shared
   by the target and the reference, so that the selection biases neither);
 - ``target_rejected``: the target's own pixels that the test rejected (its cosmic rays).
+
+The deep stack also gives the PSF of an exposure with too few stars of its own
+(:func:`exposure_psf`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -41,10 +45,12 @@ from .alignment import onto_grid
 from .metrics import estimated_psnr, reference_mse
 from .noise_model import NoiseModel, read_noise_model
 from .photometry import bias_se
+from .psf import PSF, measure_psf
+from .sky import estimate_background
 
 __all__ = ["REJECT_SIGMA", "SHAPE_TOLERANCE", "field_exposures", "layer_variance", "reject_outliers",
            "weighted_stack", "leave_one_out_stack", "PSNR_CHECK_DB", "cosmic_ray_pixels", "stack_scores",
-           "expected_input_psnr", "reference_check"]
+           "expected_input_psnr", "reference_check", "exposure_psf"]
 
 #: A pixel of one exposure is rejected this many per-pixel noise sigmas from the others.
 REJECT_SIGMA = 5.0
@@ -286,3 +292,21 @@ def reference_check(scores: dict) -> dict:
                            f"{100 * cell['bias']:+.1f} ± {100 * cell_se:.1f}%")
     return {"psnr_estimated": est, "psnr_se": se, "psnr_expected": expected, "input_bias": biases,
             "usable": not why, "why": why}
+
+
+def exposure_psf(data, background, *, sigma: float, bad, stack: dict | None, fwhm_guess: float) -> PSF:
+    """The exposure's PSF from its own stars (:func:`astrodenoise.psf.measure_psf`); where
+    it has too few and its field has a deep stack (no truth), from the stars of that stack,
+    which reach the S/N a Moffat fit needs where one exposure's do not (the stack's PSF is
+    the field's mean seeing); else the Gaussian of ``fwhm_guess`` that says so."""
+    psf = measure_psf(data, background, sigma=sigma, bad=bad, fwhm_guess=fwhm_guess)
+    if psf.n_stars or stack is None:
+        return psf
+    deep = stack["deep"]
+    deep_background, deep_rms = estimate_background(deep)
+    on_stack = measure_psf(deep, deep_background, sigma=float(np.nanmedian(deep_rms)), bad=bad,
+                           fwhm_guess=fwhm_guess)
+    if not on_stack.n_stars:
+        return psf
+    return dataclasses.replace(on_stack, method=f"{on_stack.method} on the deep stack of the field's "
+                                    f"{stack['n'] + 1} exposures (too few in this one)")
