@@ -52,14 +52,15 @@ Metrics (per exposure; the table shows the mean over exposures, or the pooled me
   that of ``image - background`` (metrics.blank_sky_rms; background and blank-sky mask
   from the input, as the evaluate step does).
 - ``bias_bright`` / ``bias_faint``: median of ``(F - F_true) / F_true`` over the
-  catalogue sources with true-flux S/N > 50 / between 5 and 20, pooled over all
+  catalogue sources with true-flux S/N > 50 / between 5 and 20 whose own flux is at least
+  half the truth's light in their 3 x FWHM aperture (photometry.own_light), pooled over all
   exposures. ``F`` is the aperture sum (radius = PSF FWHM) of ``image - background``,
   ``F_true`` that of ``truth - background``; S/N from the true aperture flux, the
   blank-sky sigma and the gain. ``se_*`` is its bootstrap standard error. The noisy
   input's own bias shows what the metric reads for a perfect (identity) method.
 - ``apertures``: the same median bias, and its robust scatter (MAD), at circular apertures
   of 1, 2 and 3 x FWHM, each minus the local sky (the mean of an annulus of 4-6 FWHM
-  without the input's source mask and without what a 3-sigma clip of the input rejects,
+  without the truth's source mask and without what a 3-sigma clip of the input rejects,
   photometry.aperture_suite, as the evaluate step measures) on the image and on the truth
   alike, the same pixels for both: the
   wings a denoiser flattens show at 2 and 3 x FWHM, the core it keeps at 1 x. Classes by
@@ -358,7 +359,8 @@ def _aperture_table(summary: dict) -> list[str]:
     head = " | ".join(f"{cls} {k[:-4] + '×FWHM' if k != 'kron' else 'Kron'} %"
                       for cls in ("bright", "faint") for k in keys)
     lines = ["", f"Flux bias by aperture, local sky the mean of a {SKY_ANNULUS[0]:g}-"
-             f"{SKY_ANNULUS[1]:g} FWHM annulus without the input's source mask and its 3σ-clipped pixels "
+             f"{SKY_ANNULUS[1]:g} FWHM annulus without the truth's source mask and the input's "
+             "3σ-clipped pixels "
              "(the same pixels in the truth); Kron: 2.5 Kron radii defined on the truth, laid on every "
              "image: median % (robust scatter %).",
              "", f"| method | {head} |", "|---|" + "---|" * (2 * len(keys))]
@@ -445,7 +447,7 @@ def _main_table(summary: dict) -> list[str]:
 def _sources_line(summary: dict) -> str:
     n = next(iter(summary.values()))
     return (f"Sources pooled over exposures: {n['n_bright']} bright (S/N > 50), {n['n_faint']} faint "
-            "(5 < S/N < 20).")
+            "(5 < S/N < 20), of those whose own flux is at least half the light in their 3×FWHM aperture.")
 
 
 def markdown(summary: dict, meta: dict, unseen: dict | None = None) -> str:

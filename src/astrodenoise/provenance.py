@@ -30,7 +30,7 @@ STEP_VERSIONS = {
     "train": 5,
     "predict": 5,
     "evaluate": 11,
-    "report": 9,
+    "report": 10,
 }
 
 
