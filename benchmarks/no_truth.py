@@ -148,6 +148,22 @@ def bias_rows(pairs: list[tuple[dict, dict]], methods: list[str]) -> dict:
     return out
 
 
+#: What the issue asks of every method: its no-truth flux bias within this of the truth's.
+AGREEMENT = 0.015
+
+
+def agreement(bias: dict) -> dict:
+    """How the no-truth biases agree with the truth's over every method, aperture and class:
+    the cells within :data:`AGREEMENT`, and those beyond it by more than two standard errors
+    of the no-truth figure (which carries the reference's noise and the target's, so bounds
+    the error of the difference): the disagreements the statistics resolve."""
+    cells = [(m, k, c) for m, row in bias.items() for k, c in row.items() if c["difference"] is not None]
+    within = [f"{m} {k}" for m, k, c in cells if abs(c["difference"]) <= AGREEMENT]
+    beyond = [f"{m} {k} ({100 * c['difference']:+.1f} ± {100 * c['se']:.1f})" for m, k, c in cells
+              if c["se"] is not None and abs(c["difference"]) - 2 * c["se"] > AGREEMENT]
+    return {"cells": len(cells), "within": len(within), "resolved_beyond": beyond}
+
+
 def reference_rows(pairs: list[tuple[dict, dict]]) -> dict:
     """The self-tests of the references, pooled over exposures."""
     checks = [n["reference_check"] for _, n in pairs]
@@ -228,7 +244,11 @@ def markdown(summary: dict) -> str:
             for k in keys
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    agreed = summary["agreement"]
     lines += [
+        "",
+        f"Within {100 * AGREEMENT:g} points of the truth: {agreed['within']} of {agreed['cells']} cells. "
+        f"Beyond it by more than two standard errors: {'; '.join(agreed['resolved_beyond']) or 'none'}.",
         "",
         "## The reference's self-tests",
         "",
@@ -298,6 +318,7 @@ def main(argv=None) -> None:
         "reference": reference_rows(pairs),
         "seconds": {k: v / len(pairs) for k, v in seconds.items()},
     }
+    summary["agreement"] = agreement(summary["bias"])
     stem = args.out or REPO / "benchmarks" / f"no_truth_{args.survey}"
     io.write_json(f"{stem}.json", summary)
     with io.atomic_path(f"{stem}.md") as tmp:
