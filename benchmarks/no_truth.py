@@ -244,7 +244,7 @@ def markdown(summary: dict) -> str:
             for k in keys
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    agreed = summary["agreement"]
+    agreed = agreement(summary["bias"])
     lines += [
         "",
         f"Within {100 * AGREEMENT:g} points of the truth: {agreed['within']} of {agreed['cells']} cells. "
@@ -277,7 +277,14 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="output stem (default benchmarks/no_truth_<survey>)"
     )
+    parser.add_argument("--from-json", action="store_true",
+                        help="rewrite the .md and agreement from the .json, evaluating nothing")
     args = parser.parse_args(argv)
+    stem = args.out or REPO / "benchmarks" / f"no_truth_{args.survey}"
+    if args.from_json:
+        summary = io.read_json(f"{stem}.json")
+        _write(summary | {"agreement": agreement(summary["bias"])}, stem)
+        return
     config_file = REPO / "config" / "config.yaml"
     settings = yaml.safe_load(config_file.read_text())["evaluate"]
     config = dataclasses.replace(EvaluateConfig.from_dict(settings), inject_count=0)
@@ -319,7 +326,10 @@ def main(argv=None) -> None:
         "seconds": {k: v / len(pairs) for k, v in seconds.items()},
     }
     summary["agreement"] = agreement(summary["bias"])
-    stem = args.out or REPO / "benchmarks" / f"no_truth_{args.survey}"
+    _write(summary, stem)
+
+
+def _write(summary: dict, stem: Path) -> None:
     io.write_json(f"{stem}.json", summary)
     with io.atomic_path(f"{stem}.md") as tmp:
         tmp.write_text(markdown(summary), encoding="utf-8")
