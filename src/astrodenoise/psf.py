@@ -63,8 +63,8 @@ def measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: 
     a quarter of it: any PSF sampled by 2 pixels or more per FWHM does), then galaxies
     (stars are the most compact of what is left: peak over flux within 35% of that of
     the most compact quarter). Each is fitted with a Moffat (:func:`fit_star`); the stamp,
-about 6 times the FWHM (at least 15 pixels), is the Moffat of the median FWHM and beta
-(a few stars' noise does not become fake wings).
+    about 6 times the FWHM (at least 15 pixels), is the Moffat of the median FWHM and beta
+    (a few stars' noise does not become fake wings).
     When the measured FWHM is far (30%) from the guess, the measurement is made again
     with it as the guess, so that the filter and the stamp fit the stars. With fewer
     than ``min_stars`` candidates (or fits), a Gaussian of
@@ -135,8 +135,8 @@ def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad:
         return fallback
     pick = pick[np.argsort(-flux[pick])][:max_stars]
     labels = np.asarray(cat.labels)
-    fits = [fit_star(residual, x[i], y[i], half=half, fwhm_guess=fwhm_guess,
-                     others=(segments.data != 0) & (segments.data != labels[i])) for i in pick]
+    fits = [fit_star(residual, x[i], y[i], half=half, fwhm_guess=fwhm_guess, segments=segments.data,
+                     label=int(labels[i])) for i in pick]
     fits = np.array([f for f in fits if f is not None]).reshape(-1, 2)
     if len(fits) < min_stars:
         failed = f"Moffat fits failed on {len(pick) - len(fits)} of {len(pick)} stars"
@@ -147,24 +147,27 @@ def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad:
 
 
 def moffat_fwhm(gamma: float, beta: float) -> float:
-    """FWHM of a Moffat profile (1 + r**2 / gamma**2) ** -beta."""
+    """FWHM of a Moffat profile (1 + r**2 / gamma**2) ** -beta (its inverse: gamma =
+    FWHM / ``moffat_fwhm(1, beta)``)."""
     return float(2 * gamma * np.sqrt(2 ** (1 / beta) - 1))
 
 
 def moffat_stamp(fwhm: float, beta: float, *, half: int) -> np.ndarray:
     """A circular Moffat of ``fwhm`` pixels and ``beta`` drawn at the pixel centres of a
     stamp of side 2 ``half`` + 1, sum 1."""
-    gamma = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    gamma = fwhm / moffat_fwhm(1.0, beta)
     yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
     stamp = (1 + (xx**2 + yy**2) / gamma**2) ** -beta
     return stamp / stamp.sum()
 
 
 def fit_star(residual: np.ndarray, x: float, y: float, *, half: int, fwhm_guess: float,
-             others: np.ndarray | None = None) -> tuple[float, float] | None:
+             segments: np.ndarray | None = None, label: int = 0) -> tuple[float, float] | None:
     """(FWHM in pixels, beta) of a circular Moffat fitted by least squares (free centre and
     amplitude) to the star at (``x``, ``y``) of a sky-subtracted image, on a stamp of side
-    2 ``half`` + 1; None when the fit fails or runs into its bounds.
+    2 ``half`` + 1; None when the fit fails or runs into its bounds. With a segmentation
+    map (``segments``; the star's own segment ``label``), other sources' pixels, grown by
+    a FWHM, are left out of the fit.
 
     Each star is fitted on its own pixels, so the FWHM is that of the stars as the image
     samples them. An effective PSF built first (photutils ``EPSFBuilder`` at oversampling 1)
@@ -175,12 +178,13 @@ def fit_star(residual: np.ndarray, x: float, y: float, *, half: int, fwhm_guess:
     box = (slice(yc - half, yc + half + 1), slice(xc - half, xc + half + 1))
     stamp = residual[box]
     weights = None
-    if others is not None:  # other sources' pixels, grown by a FWHM, do not pull the fit
-        grow = max(1, int(np.ceil(fwhm_guess)))
-        weights = (~ndimage.binary_dilation(others[box], iterations=grow)).astype(float)
+    if segments is not None:
+        others = (segments[box] != 0) & (segments[box] != label)
+        grown = ndimage.binary_dilation(others, iterations=max(1, int(np.ceil(fwhm_guess))))
+        weights = (~grown).astype(float)
     yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(float)
     start = Moffat2D(amplitude=float(stamp.max()), x_0=x - xc, y_0=y - yc, alpha=3.0,
-                     gamma=fwhm_guess / (2 * np.sqrt(2 ** (1 / 3.0) - 1)))
+                     gamma=fwhm_guess / moffat_fwhm(1.0, 3.0))
     start.alpha.bounds, start.gamma.bounds = (BETA_MIN, 30.0), (0.2, 10 * fwhm_guess)
     start.x_0.bounds = start.y_0.bounds = (-2.0, 2.0)
     try:
