@@ -13,9 +13,11 @@ Gaussian-smoothing baseline) is scored the same way:
 - ``photometry``: circular-aperture flux (radius ``aperture_fwhm`` x PSF FWHM) at every
   catalogue source, background-subtracted with the same map for every image, compared
   with the flux of the reference (the truth when known, otherwise the input). Per class
-  of reference S/N (bright: S/N > 50; faint: 5 < S/N < 20) the median fractional flux
-  bias ``(F - F_ref) / F_ref`` and its robust scatter. A denoiser that lowers the noise
-  but dims faint sources shows a negative faint bias: photometry is the science.
+  of reference S/N (bright: S/N > 50; faint: 5 < S/N < 20; only sources whose own flux is
+  at least half the light in their 3 x FWHM aperture, :func:`astrodenoise.photometry.own_light`)
+  the median fractional flux bias ``(F - F_ref) / F_ref`` and its robust scatter. A
+  denoiser that lowers the noise but dims faint sources shows a negative faint bias:
+  photometry is the science.
   ``photometry.by_magnitude`` gives the same per magnitude bin (catalogue magnitudes
   when a catalogue exists, else instrumental ``-2.5 log10 F_ref``).
 - ``photometry_apertures``: the same bias and scatter measured as an astronomer measures
