@@ -244,7 +244,7 @@ def markdown(summary: dict) -> str:
             for k in keys
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    agreed = agreement(summary["bias"])
+    agreed = summary["agreement"]
     lines += [
         "",
         f"Within {100 * AGREEMENT:g} points of the truth: {agreed['within']} of {agreed['cells']} cells. "
