@@ -107,6 +107,10 @@ def test_injection_recovery_with_the_exposures_own_psf_and_a_model(tmp_path, tin
 
     result = run()
     block = result["injection"]
+    # The record says in which domain the model worked and with which noise model.
+    kind = io.load_checkpoint(tiny_checkpoint)["normalisation"].get("kind", "linear")
+    assert result["domains"] == {"tiny": kind}
+    assert result["noise"]["gain"] == pytest.approx(config.gain) and result["noise"]["sigma"] > 0
     # The pixels predict repaired (cosmic rays; a random network's output misses every
     # source too) are counted for the model only.
     repaired = int(np.nansum(io.open_zarr_array(denoised, "repaired")[...]))

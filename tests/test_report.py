@@ -6,10 +6,12 @@ import base64
 from html.parser import HTMLParser
 
 import pytest
+from markupsafe import escape
 
 from astrodenoise import io
 from astrodenoise.photometry import APERTURES
-from astrodenoise.report import BIAS_LIMIT, report, summarise, summarise_injection, verdicts
+from astrodenoise.report import BIAS_LIMIT, LINEAR_COST, report, summarise, summarise_injection, verdicts
+from astrodenoise.summary import network_domains
 
 SCRIPT = "<script>alert(1)</script>"
 PNG = base64.b64decode(  # a 1 x 1 transparent PNG
@@ -454,3 +456,22 @@ def test_verdicts_say_what_a_psnr_bound_decides(model, baseline, bound, beats):
     (verdict,) = verdicts(rows)
 
     assert verdict["bound"] == bound and verdict["beats"] is beats
+
+
+@pytest.mark.parametrize("kinds", [("gat", "gat"), ("gat", "linear")])
+def test_the_report_names_each_networks_domain_and_what_linear_costs(tmp_path, kinds):
+    paths, figures = [], []
+    for i, kind in enumerate(kinds):
+        evaluation = _evaluation(f"e{i}") | {"domains": {"n2n": kind}}
+        paths.append(str(tmp_path / f"e{i}.json"))
+        io.write_json(paths[-1], evaluation)
+        figures.append(str(tmp_path / f"e{i}.png"))
+        (tmp_path / f"e{i}.png").write_bytes(PNG)
+
+    report(paths, figures, out_html=str(tmp_path / "r.html"), survey="demo")
+    html = (tmp_path / "r.html").read_text()
+
+    linear = "linear" in kinds
+    assert network_domains([io.read_json(p) for p in paths]) == {"n2n": "linear" if linear else "gat"}
+    assert ("linear domain (n2n)" in html) is linear and ("gat domain (n2n)" in html) is not linear
+    assert (str(escape(LINEAR_COST)) in html) is linear  # autoescaped, as every text

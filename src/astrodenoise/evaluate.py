@@ -81,10 +81,9 @@ that its noise does not bias: ``psnr`` / ``psnr_clean`` from the products of the
 differences to two independent exposures, with ``psnr_se`` and ``psnr_lower`` (the
 PSNR of the MSE plus two errors); ``psnr`` and ``psnr_se`` are None where the error is
 below what the reference resolves, ``psnr_lower`` then a bound only; flux biases over
-the deep stack's flux, S/N classes from it, sources detected on the stack with fitted
-centroids. ``reference_check`` holds the self-tests on the input (its clean PSNR as its
-noise model predicts, ``psnr_expected``; its flux bias, own cosmic rays filled, zero
-within 3 SE: ``photometry_apertures_clean``) and says whether the reference is usable.
+the deep stack's flux, S/N classes, Kron apertures and sources (centroids fitted) from
+it. ``reference_check`` holds the self-tests on the input (clean PSNR as its noise model
+predicts, ``psnr_expected``; flux bias zero within 3 SE, own cosmic rays filled).
 """
 
 from __future__ import annotations
@@ -287,13 +286,15 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
 def _photometry_setup(reference, background, sources, *, sigma, gain, reference_sigma, config, deep=None):
     """Aperture radius, reference fluxes and their S/N at the ``sources``, and what
     the apertures of :func:`astrodenoise.photometry.aperture_suite` need: the reference
-    image, the image its Kron apertures are defined on and the segmentation threshold
-    (1 sigma of the input's noise on a noise-free truth, 3 sigma of a noisy reference's).
+    image, the image its Kron apertures are defined on and the segmentation threshold.
     With a noisy reference, ``deep`` (the field's stack with the exposure itself) gives
     the fluxes that sort sources into S/N classes and divide the differences
-    (:func:`astrodenoise.photometry.flux_bias`). Sources whose apertures hold mostly their
-    neighbours' light (:func:`astrodenoise.photometry.own_light`) are in no class
-    (``snr`` NaN) and no magnitude bin (``mag`` NaN)."""
+    (:func:`astrodenoise.photometry.flux_bias`) and the Kron apertures, segmented at 1 sigma
+    of the input's noise as on a truth (the reference at 3 of its sigma made them smaller:
+    n2v's faint Kron loss read 5.6 points short on the demo); the deep stack's noise is as
+    much the target's as the reference's, so they bias neither. Else the input at 3 sigma.
+    Sources whose apertures hold mostly their neighbours' light
+    (:func:`astrodenoise.photometry.own_light`) have ``snr`` and ``mag`` NaN."""
     positions, fwhm = sources["positions"], sources["fwhm"]
     radius = aperture_radius(fwhm, factor=config.aperture_fwhm)
     ref_flux = aperture_fluxes(reference - background, positions, radius=radius)
@@ -302,8 +303,8 @@ def _photometry_setup(reference, background, sources, *, sigma, gain, reference_
     snr = aperture_snr(sorting, radius=radius, sigma=sigma, gain=gain)
     out = {"positions": positions, "radius": radius, "reference": ref_flux, "fwhm": fwhm,
            "snr": np.where(own, snr, np.nan), "mag": np.where(own, sources["mag"], np.nan),
-           "image": reference, "kron_reference": reference - background,
-           "threshold": sigma if not reference_sigma else 3 * reference_sigma}
+           "image": reference, "kron_reference": (reference if deep is None else deep) - background,
+           "threshold": 3 * reference_sigma if reference_sigma and deep is None else sigma}
     return out | ({"deep": sorting, "deep_image": deep} if deep is not None else {})
 
 
@@ -528,20 +529,22 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     scores = _score_all(images, data, sky=sky, ref=ref, config=config)
     for name, count in _repaired_pixels(denoised).items():
         scores[name]["repaired_pixels"] = count
-    models = _model_denoisers({m: c for m, c in (models or {}).items() if m in denoised}, denoised, noise)
+    checkpoints = {m: c for m, c in (models or {}).items() if m in denoised}
+    models = _model_denoisers(checkpoints, denoised, noise)
     injection = _injection(exposure, sky=sky, psf=psf, ref=ref, images=images, baselines=baselines,
                            models=models, config=config)
     write_cutouts(images, noise.sigma, config.cutout, out_png)
     write_gallery(images, ref["phot"], gallery_path(out_png))
     result = _result(exposure, ref, scores=scores, injection=injection, psf=psf, denoised=denoised,
-                     config=config)
+                     config=config, noise=noise, checkpoints=checkpoints)
     io.write_json(out_json, result)
     return result
 
 
-def _result(exposure: dict, ref: dict, *, scores, injection, psf, denoised, config) -> dict:
+def _result(exposure: dict, ref: dict, *, scores, injection, psf, denoised, config, noise, checkpoints):
     """The evaluate JSON of one exposure: what was measured against what, the scores, the
-    injection block, and where it all came from."""
+    injection block, the noise model and the domain of each network of ``checkpoints``
+    ("gat" or "linear"), and where it all came from."""
     truth, stack, phot, sources = ref["truth"], ref["stack"], ref["phot"], ref["sources"]
     header, attrs = exposure["header"], exposure["attrs"]
     reference = ("truth" if stack is None else f"stack of {stack['n']} other exposures") \
@@ -554,6 +557,8 @@ def _result(exposure: dict, ref: dict, *, scores, injection, psf, denoised, conf
         "baselines": list(config.baselines), "methods": list(denoised),
         "magnitudes": sources["system"], "zeropoint": sources["zeropoint"],
         "psf": psf.describe(), "fwhm": sources["fwhm"],
+        "domains": {m: load_normalisation(str(c)).get("kind", "linear") for m, c in checkpoints.items()},
+        "noise": {k: getattr(noise, k) for k in ("sigma", "gain", "gain_source", "read_noise")},
         "scores": scores, "injection": injection, "config": dataclasses.asdict(config),
         "reference_check": reference_check(scores) if stack is not None else None,
         "reference_rejected": stack["rejected_fraction"] if stack is not None else None,

@@ -29,8 +29,8 @@ STEP_VERSIONS = {
     "register": 1,
     "train": 5,
     "predict": 5,
-    "evaluate": 11,
-    "report": 10,
+    "evaluate": 12,
+    "report": 11,
 }
 
 

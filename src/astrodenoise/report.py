@@ -30,6 +30,7 @@ from .provenance import code_version
 from .summary import (
     BIAS_LIMIT,
     judged,
+    network_domains,
     reference_kind,
     reference_summary,
     summarise,
@@ -50,6 +51,14 @@ def _figure_uri(fig: Figure) -> str:
     fig.savefig(buffer, format="png", dpi=80)
     return _png_data_uri(buffer.getvalue())
 
+
+#: What working in the linear domain (no gain known) cost on the demo survey, measured by
+#: ``benchmarks/quality.py --train --set transform=linear`` against the gat default on the
+#: same unseen fields (benchmarks/quality_linear.md beside benchmarks/quality_results.md).
+LINEAR_COST = ("On the demo survey's unseen fields it cost Noise2Void 2.0 dB of PSNR (61.3 against "
+               "63.3 in the gat domain), 1.3% of bright sources' flux (Kron; +0.1% in gat) and 124 "
+               "invented 5-sigma detections against 77 (benchmarks/quality_linear.md beside "
+               "quality_results.md).")
 
 #: The aperture of the plots against magnitude: 2 x FWHM with a local sky, as astronomers
 #: measure (every aperture is in the tables).
@@ -296,6 +305,7 @@ def report(evaluations: list[str], figures: list[str], *, out_html: str, survey:
         psfs=[(e["exposure"], e.get("psf"), (e.get("injection") or {}).get("m5")) for e in evals],
         noise=[io.read_json(p) for p in noise_files],
         survey_noise=io.read_json(noise_survey) if noise_survey else None,
+        domains=network_domains(evals), linear_cost=LINEAR_COST,
         noise_plot=_png_data_uri(Path(noise_plot).read_bytes()) if noise_plot else None,
         curve=_curve_png(curves or {}),
         models={m: io.file_sha256(p)[:16] for m, p in (models or {}).items()},

@@ -13,7 +13,7 @@ from .inject import summarise_recovery
 from .photometry import APERTURES
 
 __all__ = ["BIAS_LIMIT", "kinds", "summarise", "summarise_injection", "verdicts", "reference_kind",
-           "reference_summary", "judged"]
+           "reference_summary", "judged", "network_domains"]
 
 #: Photometric bias (fraction of the flux, bright or faint sources) beyond which a
 #: result is flagged: a denoiser that shifts fluxes by more than 1% changes the science.
@@ -266,3 +266,15 @@ def judged(evaluations: list[dict]) -> list[dict]:
     diagnosis (the verdicts then judge nothing: :func:`reference_summary`)."""
     passed = [e for e in evaluations if (e.get("reference_check") or {}).get("usable", True)]
     return passed or evaluations
+
+
+def network_domains(evaluations: list[dict]) -> dict[str, str]:
+    """Each network's domain as the evaluate step recorded it from its checkpoint: "gat"
+    (the generalised Anscombe transform of each exposure's gain and sigma) or "linear"
+    (sky subtracted, divided by one sigma: no gain was known). "linear" wherever any
+    exposure's record says so."""
+    out: dict[str, str] = {}
+    for evaluation in evaluations:
+        for method, kind in (evaluation.get("domains") or {}).items():
+            out[method] = "linear" if "linear" in (kind, out.get(method)) else kind
+    return out
