@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from markupsafe import escape
@@ -475,3 +476,17 @@ def test_the_report_names_each_networks_domain_and_what_linear_costs(tmp_path, k
     assert network_domains([io.read_json(p) for p in paths]) == {"n2n": "linear" if linear else "gat"}
     assert ("linear domain (n2n)" in html) is linear and ("gat domain (n2n)" in html) is not linear
     assert (str(escape(LINEAR_COST)) in html) is linear  # autoescaped, as every text
+
+
+def test_the_linear_domain_cost_the_report_quotes_is_what_the_benchmarks_measured():
+    """LINEAR_COST quotes benchmarks/quality_linear.json against quality_results.json."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    gat = io.read_json(bench / "quality_results.json")["unseen"]["n2v"]
+    linear = io.read_json(bench / "quality_linear.json")["unseen"]["n2v"]
+    quoted = [f"{gat['psnr_clean'] - linear['psnr_clean']:.1f} dB",
+              f"{linear['psnr_clean']:.1f} against {gat['psnr_clean']:.1f}",
+              f"{100 * linear['apertures']['kron']['bright']['bias']:+.1f}%",
+              f"{100 * gat['apertures']['kron']['bright']['bias']:+.1f}% in gat",
+              f"{linear['unmatched']} invented", f"against {gat['unmatched']}"]
+    for figure in quoted:
+        assert figure in LINEAR_COST, figure

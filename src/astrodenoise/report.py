@@ -56,7 +56,7 @@ def _figure_uri(fig: Figure) -> str:
 #: ``benchmarks/quality.py --train --set transform=linear`` against the gat default on the
 #: same unseen fields (benchmarks/quality_linear.md beside benchmarks/quality_results.md).
 LINEAR_COST = ("On the demo survey's unseen fields it cost Noise2Void 2.0 dB of PSNR (61.3 against "
-               "63.3 in the gat domain), 1.3% of bright sources' flux (Kron; +0.1% in gat) and 124 "
+               "63.3 in the gat domain), bright sources' flux -1.4% (Kron; +0.1% in gat) and 124 "
                "invented 5-sigma detections against 77 (benchmarks/quality_linear.md beside "
                "quality_results.md).")
 
