@@ -343,17 +343,16 @@ def _baseline_denoisers(noise: NoiseModel, config: EvaluateConfig) -> dict:
     return {name: one(name) for name in config.baselines}
 
 
-def _model_denoisers(models: dict[str, str], denoised: dict[str, str], noise: NoiseModel) -> dict:
+def _model_denoisers(models: dict[str, str], norms: dict, denoised: dict[str, str]) -> dict:
     """{method: function of an image} denoising as the predict step did: the checkpoint,
-    this exposure's normalisation, and the predict settings recorded in the method's
-    denoised store (precision, averaging, flux restoration; run here on threads, on the
-    GPU when this job has one)."""
+    this exposure's normalisation (``norms``), and the predict settings recorded in the
+    method's denoised store (precision, averaging, flux restoration; run here on threads,
+    on the GPU when this job has one)."""
     out = {}
     for name, checkpoint in models.items():
         config, execution = _recorded_predict(denoised.get(name))
-        norm = exposure_normalisation(load_normalisation(str(checkpoint)), noise)
-        out[name] = functools.partial(_denoise_with, checkpoint=str(checkpoint), norm=norm, config=config,
-                                      execution=execution)
+        out[name] = functools.partial(_denoise_with, checkpoint=str(checkpoint), norm=norms[name],
+                                      config=config, execution=execution)
     return out
 
 
@@ -530,21 +529,22 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     for name, count in _repaired_pixels(denoised).items():
         scores[name]["repaired_pixels"] = count
     checkpoints = {m: c for m, c in (models or {}).items() if m in denoised}
-    models = _model_denoisers(checkpoints, denoised, noise)
+    norms = {m: exposure_normalisation(load_normalisation(str(c)), noise) for m, c in checkpoints.items()}
+    models = _model_denoisers(checkpoints, norms, denoised)
     injection = _injection(exposure, sky=sky, psf=psf, ref=ref, images=images, baselines=baselines,
                            models=models, config=config)
     write_cutouts(images, noise.sigma, config.cutout, out_png)
     write_gallery(images, ref["phot"], gallery_path(out_png))
     result = _result(exposure, ref, scores=scores, injection=injection, psf=psf, denoised=denoised,
-                     config=config, noise=noise, checkpoints=checkpoints)
+                     config=config, noise=noise, domains={m: n.kind for m, n in norms.items()})
     io.write_json(out_json, result)
     return result
 
 
-def _result(exposure: dict, ref: dict, *, scores, injection, psf, denoised, config, noise, checkpoints):
+def _result(exposure: dict, ref: dict, *, scores, injection, psf, denoised, config, noise, domains):
     """The evaluate JSON of one exposure: what was measured against what, the scores, the
-    injection block, the noise model and the domain of each network of ``checkpoints``
-    ("gat" or "linear"), and where it all came from."""
+    injection block, the noise model and each network's domain (``domains``: "gat" or
+    "linear"), and where it all came from."""
     truth, stack, phot, sources = ref["truth"], ref["stack"], ref["phot"], ref["sources"]
     header, attrs = exposure["header"], exposure["attrs"]
     reference = ("truth" if stack is None else f"stack of {stack['n']} other exposures") \
@@ -557,7 +557,7 @@ def _result(exposure: dict, ref: dict, *, scores, injection, psf, denoised, conf
         "baselines": list(config.baselines), "methods": list(denoised),
         "magnitudes": sources["system"], "zeropoint": sources["zeropoint"],
         "psf": psf.describe(), "fwhm": sources["fwhm"],
-        "domains": {m: load_normalisation(str(c)).get("kind", "linear") for m, c in checkpoints.items()},
+        "domains": domains,
         "noise": {k: getattr(noise, k) for k in ("sigma", "gain", "gain_source", "read_noise")},
         "scores": scores, "injection": injection, "config": dataclasses.asdict(config),
         "reference_check": reference_check(scores) if stack is not None else None,
