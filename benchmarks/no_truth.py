@@ -31,6 +31,15 @@ there were none. It writes, per survey, ``benchmarks/no_truth_<survey>.json`` an
 
 The demo's 6 exposures leave standard errors of 1.5-2.5 points on the faint cells;
 ``config/demo-wide.yaml`` (the demo generator, 8 fields of another seed) brings them near 1.
+
+``--pool`` combines the tables already written, evaluating nothing: per method, aperture
+and class, the mean of the surveys' no-truth-minus-truth differences weighted by their
+inverse variance, and its standard error. A systematic error of the no-truth evaluation
+is the same on every survey and survives the pooling; what the small surveys' noise makes
+of a cell does not. Pool independent fields only (``check-nocr`` is ``check`` without its
+cosmic rays: the same fields).
+
+    .venv/bin/python benchmarks/no_truth.py --pool demo check demo-wide check-wide
 """
 
 from __future__ import annotations
@@ -169,6 +178,59 @@ def agreement(bias: dict) -> dict:
     return {"cells": len(cells), "within": len(within), "resolved_beyond": beyond}
 
 
+def pool(summaries: dict[str, dict]) -> dict:
+    """The surveys' differences (no truth - truth) per method and cell, their mean
+    weighted by inverse variance (``se`` of each survey's no-truth figure) and its
+    standard error, and :func:`agreement` of the pooled cells."""
+    first = next(iter(summaries.values()))["bias"]
+    bias = {}
+    for method, row in first.items():
+        bias[method] = {}
+        for key in row:
+            each = {n: s["bias"][method][key] for n, s in summaries.items()}
+            cells = [c for c in each.values() if c["difference"] is not None and c["se"]]
+            weights = np.array([1 / c["se"] ** 2 for c in cells])
+            differences = np.array([c["difference"] for c in cells])
+            bias[method][key] = {
+                "difference": float(np.sum(weights * differences) / weights.sum()) if cells else None,
+                "se": float(weights.sum() ** -0.5) if cells else None,
+                "surveys": {n: c["difference"] for n, c in each.items()}}
+    return {"surveys": {n: s["meta"]["n_exposures"] for n, s in summaries.items()}, "bias": bias,
+            "agreement": agreement(bias)}
+
+
+def pooled_markdown(pooled: dict) -> str:
+    names = list(pooled["surveys"])
+    keys = [f"{cls} {a}" for cls in CLASSES for a in APERTURES]
+    lines = [
+        "# The evaluation without a truth against the truth, pooled over surveys",
+        "",
+        "Definitions: module docstring of benchmarks/no_truth.py (`--pool`). Surveys (exposures): "
+        + ", ".join(f"{n} ({k})" for n, k in pooled["surveys"].items()) + ".",
+        "",
+        "## No-truth minus truth, points: " + " / ".join(names) + " | pooled ± SE",
+        "",
+        "| method | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for method, row in pooled["bias"].items():
+        cells = []
+        for k in keys:
+            c = row[k]
+            each = " / ".join("n/a" if v is None else f"{100 * v:+.1f}" for v in c["surveys"].values())
+            cells.append(f"{each} \\| {_pct(c['difference'], c['se'])}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    agreed = pooled["agreement"]
+    lines += [
+        "",
+        f"Pooled, within {100 * AGREEMENT:g} points of the truth: {agreed['within']} of {agreed['cells']} "
+        "cells. Beyond it by more than two standard errors: "
+        f"{'; '.join(agreed['resolved_beyond']) or 'none'}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def reference_rows(pairs: list[tuple[dict, dict]]) -> dict:
     """The self-tests of the references, pooled over exposures."""
     checks = [n["reference_check"] for _, n in pairs]
@@ -284,7 +346,18 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--from-json", action="store_true",
                         help="rewrite the .md and agreement from the .json, evaluating nothing")
+    parser.add_argument("--pool", nargs="+", metavar="SURVEY", default=None,
+                        help="pool the written no_truth_<survey>.json of independent surveys into "
+                             "no_truth_pooled.*, evaluating nothing")
     args = parser.parse_args(argv)
+    if args.pool:
+        pooled = pool({n: io.read_json(REPO / "benchmarks" / f"no_truth_{n}.json") for n in args.pool})
+        stem = args.out or REPO / "benchmarks" / "no_truth_pooled"
+        io.write_json(f"{stem}.json", pooled)
+        with io.atomic_path(f"{stem}.md") as tmp:
+            tmp.write_text(pooled_markdown(pooled), encoding="utf-8")
+        print(pooled_markdown(pooled))
+        return
     stem = args.out or REPO / "benchmarks" / f"no_truth_{args.survey}"
     if args.from_json:
         summary = io.read_json(f"{stem}.json")
