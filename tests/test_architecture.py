@@ -22,7 +22,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     2: ("model", "symmetry", "noise_model", "sky", "psf", "photometry", "sources", "alignment", "fields"),
     3: ("transform", "detection", "metrics", "cutouts"),
     4: ("denoise", "restore", "baselines", "sampling", "inject", "reference"),
-    5: ("tiling", "selection", "summary"),
+    5: ("tiling", "selection", "summary", "scoring_reference"),
     # The steps: each is run by its own CLI sub-command and Snakemake rule.
     6: ("simulate", "ingest", "noise", "register", "train", "predict", "evaluate", "report"),
     7: ("cli",),
