@@ -116,6 +116,11 @@ def test_injection_recovery_with_the_exposures_own_psf_and_a_model(tmp_path, tin
     repaired = int(np.nansum(io.open_zarr_array(denoised, "repaired")[...]))
     assert result["scores"]["tiny"]["repaired_pixels"] == repaired > 0
     assert "repaired_pixels" not in result["scores"]["input"]
+    # Checked against the truth: the random network's missed star cores are filled groups
+    # the truth has too (unconfirmed, on sources); the simulated cosmic rays are confirmed.
+    check = result["scores"]["tiny"]["repair_check"]
+    assert check["pixels"] == repaired and check["groups"] >= check["confirmed"] > 0
+    assert check["unconfirmed_near_sources"] > 0
 
     assert set(block["methods"]) == {"input", "gaussian", "tiny"}
     assert block["n"] >= 30 and len(block["mag"]) == block["n"]

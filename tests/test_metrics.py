@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from astrodenoise.baselines import gaussian_smooth
-from astrodenoise.metrics import blank_sky_rms, outlier_pixels, power_spectrum, psnr, residual_statistics
+from astrodenoise.metrics import (
+    blank_sky_rms,
+    outlier_pixels,
+    power_spectrum,
+    psnr,
+    repair_check,
+    residual_statistics,
+)
 from conftest import ramp
 
 
@@ -103,3 +110,47 @@ def test_outlier_pixels_find_a_cosmic_ray_but_not_a_star():
     assert hits[40, 40] and hits[38, 40] and hits[41, 41]  # grown by 2 pixels
     assert not hits[20:23, 20:23].any()
     assert hits.sum() == 13  # the 2-pixel diamond around the hit
+
+
+def _star(shape, x, y, peak, sigma=1.5):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return peak * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+
+
+@pytest.mark.parametrize("noisy_reference", [False, True])
+def test_repair_check_tells_a_cosmic_ray_from_a_star(noisy_reference):
+    """A filled group where only this exposure has light (a cosmic ray) is confirmed; one
+    on a star that the reference has too is not, and is counted on a source; a bright
+    star's core that differs from the reference by a fraction of itself (a stack
+    misregistered by a fraction of a pixel) is not confirmed either."""
+    rng = np.random.default_rng(3)
+    shape, sky, sigma = (96, 96), 100.0, 5.0
+    truth = sky + _star(shape, 30, 30, 400.0) + _star(shape, 70, 60, 5000.0)
+    data = truth + rng.normal(0, sigma, shape)
+    data[80, 15] += 300.0  # a cosmic ray on the sky
+    reference, noise = truth, sigma
+    if noisy_reference:  # a stack of the other exposures, its bright star 0.3 px off
+        shifted = sky + _star(shape, 30, 30, 400.0) + _star(shape, 70.3, 60, 5000.0)
+        reference, noise = shifted + rng.normal(0, sigma / 2, shape), np.hypot(sigma, sigma / 2)
+    repaired = np.zeros(shape, bool)
+    repaired[79:82, 14:17] = True  # the cosmic ray, grown by one pixel
+    repaired[29:32, 29:32] = True  # the faint star's core
+    repaired[59:62, 69:72] = True  # the bright star's core
+    positions = np.array([[30.0, 30.0], [70.0, 60.0]])
+
+    check = repair_check(repaired, data, reference, background=np.full(shape, sky),
+                         sigma=np.full(shape, noise), positions=positions, radius=2 * 3.5)
+
+    assert check == {"groups": 3, "confirmed": 1, "pixels": 27, "unconfirmed_pixels": 18,
+                     "near_sources": 18, "unconfirmed_near_sources": 18}
+
+
+def test_repair_check_without_repairs_or_sources():
+    data = np.random.default_rng(0).normal(0, 1, (32, 32))
+
+    check = repair_check(np.zeros((32, 32)), data, data * 0, background=np.zeros((32, 32)),
+                         sigma=np.ones((32, 32)), positions=np.empty((0, 2)), radius=5.0)
+
+    assert check == {"groups": 0, "confirmed": 0, "pixels": 0, "unconfirmed_pixels": 0,
+                     "near_sources": 0, "unconfirmed_near_sources": 0}
+

@@ -111,6 +111,9 @@ def rendered(tmp_path):
         path = tmp_path / f"e{i}.json"
         evaluation = _evaluation(f"exp{i}", obj=obj)
         evaluation["scores"]["n2n"]["repaired_pixels"] = 4321 + i
+        evaluation["scores"]["n2n"]["repair_check"] = {
+            "groups": 480 + i, "confirmed": 470, "pixels": 4321 + i, "unconfirmed_pixels": 90 + i,
+            "near_sources": 30, "unconfirmed_near_sources": 7}
         io.write_json(path, evaluation)
         evaluations.append(str(path))
         figure = tmp_path / f"e{i}.png"
@@ -173,6 +176,12 @@ def test_report_shows_numbers_flags_and_provenance(rendered):
     assert "exp0" in html and "exp1" in html
     assert "10.300" in html  # measured sigma from the noise files
     assert "<td>4321</td>" in html and "<td>4322</td>" in html  # pixels predict repaired
+    # The repair pass checked against the truth, summed over the two exposures: filled
+    # pixels, groups, confirmed (share), unconfirmed ones on sources flagged.
+    repair = html[html.index('id="repair"'):html.index('id="diagnostics"')]
+    assert "the truth" in repair
+    assert "<td>8643</td><td>961</td>" in repair and "940 (98%)" in repair
+    assert '<td class="bad">14</td>' in repair
 
 
 def test_report_needs_an_evaluation(tmp_path):

@@ -68,7 +68,11 @@ Gaussian-smoothing baseline) is scored the same way:
   within the match radius where the image without them had none. Per source: magnitude,
   true S/N, point or extended, flux ratio - 1 per aperture, found; the report pools them.
 - ``repaired_pixels`` (networks): the pixels the predict step took for cosmic rays or hot
-  pixels and filled from their neighbours before denoising (its ``repaired`` array).
+  pixels and filled from their neighbours before denoising (its ``repaired`` array);
+  ``repair_check``: against the truth or the other exposures of the field, how many of
+  its groups were outliers of this exposure alone, and how many repaired pixels lie within
+  2 x FWHM of a source, of groups that were not among them
+  (:func:`astrodenoise.metrics.repair_check`: a star is in every exposure).
 
 The classical baselines (Gaussian smoothing; scikit-image non-local means and BM3D on
 the variance-stabilised image, see :mod:`astrodenoise.baselines`) are scored in the same
@@ -109,6 +113,7 @@ from .metrics import (
     power_spectrum,
     psnr,
     reference_range,
+    repair_check,
     residual_statistics,
 )
 from .noise_model import NoiseModel, read_noise_model
@@ -338,13 +343,28 @@ def _score_all(images: dict, data: np.ndarray, *, sky: dict, ref: dict, config) 
     return scores
 
 
-def _repaired_pixels(denoised: dict[str, str]) -> dict[str, int]:
-    """Per method, the pixels the predict step took for cosmic rays or hot pixels and filled."""
+def _repair_scores(denoised: dict[str, str], data: np.ndarray, *, ref: dict, sky: dict) -> dict[str, dict]:
+    """Per method, the pixels the predict step took for cosmic rays or hot pixels and filled
+    (``repaired_pixels``) and, against the truth or the leave-one-out stack of the other
+    exposures, whether they were outliers of this exposure alone
+    (``repair_check``: :func:`astrodenoise.metrics.repair_check`, sources within 2 x FWHM)."""
+    reference, stack = ref["truth"], ref["stack"]
+    sigma = None
+    if reference is not None:
+        sigma = sky["noise"].pixel_sigma(reference)
+        if stack is not None:
+            sigma = np.sqrt(sigma**2 + np.nan_to_num(stack["variance"], nan=np.inf))
     out = {}
     for name, path in denoised.items():
         repaired = io.open_zarr_array(path, "repaired")
-        if repaired is not None:
-            out[name] = int(np.nansum(repaired[...]))
+        if repaired is None:
+            continue
+        plane = repaired[...]
+        out[name] = {"repaired_pixels": int(np.nansum(plane))}
+        if reference is not None:
+            out[name]["repair_check"] = repair_check(
+                plane, data, reference, background=sky["background"], sigma=sigma,
+                positions=ref["sources"]["positions"], radius=2 * ref["sources"]["fwhm"])
     return out
 
 
@@ -399,8 +419,8 @@ def evaluate(input_zarr: str, noise_json: str, denoised: dict[str, str], *, out_
     ref = measurement_reference(exposure, sky=sky, psf=psf, truth_fits=truth_fits, catalog=catalog,
                                 stack=stack, config=config)
     scores = _score_all(images, data, sky=sky, ref=ref, config=config)
-    for name, count in _repaired_pixels(denoised).items():
-        scores[name]["repaired_pixels"] = count
+    for name, repair in _repair_scores(denoised, data, ref=ref, sky=sky).items():
+        scores[name] |= repair
     checkpoints = {m: c for m, c in (models or {}).items() if m in denoised}
     norms = {m: exposure_normalisation(load_normalisation(str(c)), noise) for m, c in checkpoints.items()}
     models = _model_denoisers(checkpoints, norms, denoised)

@@ -15,7 +15,15 @@ from .noise_model import pixel_sigma
 from .photometry import aperture_fluxes
 
 __all__ = ["blank_sky_rms", "psnr", "reference_range", "reference_mse", "estimated_psnr", "outlier_pixels",
-           "power_spectrum", "residual_statistics"]
+           "power_spectrum", "residual_statistics", "repair_check"]
+
+#: A repaired group is confirmed as an outlier of this exposure when one of its pixels lies
+#: this many noise sigmas above the reference ...
+REPAIR_CONFIRM_SIGMA = 5.0
+#: ... and above this share of the reference's own signal there (a bright star's core,
+#: misregistered by a fraction of a pixel, differs from the stack by several sigmas but by
+#: a fraction of itself; a cosmic ray on the sky by all of itself).
+REPAIR_CONFIRM_CONTRAST = 0.5
 
 
 def blank_sky_rms(image: np.ndarray, *, background: np.ndarray, mask: np.ndarray) -> float:
@@ -156,3 +164,43 @@ def residual_statistics(data: np.ndarray, image: np.ndarray, *, sigma: float, ma
         area = np.pi * radius**2
         out["source_mean"] = float(np.median(aperture_fluxes(residual, positions, radius=radius) / area))
     return out
+
+
+def repair_check(repaired: np.ndarray, data: np.ndarray, reference: np.ndarray, *, background: np.ndarray,
+                 sigma: np.ndarray, positions: np.ndarray, radius: float) -> dict:
+    """Whether the pixels a repair pass filled were outliers of this exposure alone.
+
+    A cosmic ray or hot pixel is in one exposure; a star is in the truth and in every
+    exposure of its field. Each connected group of ``repaired`` pixels (8-connected) is
+    *confirmed* when one of its pixels of ``data`` lies :data:`REPAIR_CONFIRM_SIGMA`
+    noise sigmas (``sigma``: per pixel, of ``data - reference``) and
+    :data:`REPAIR_CONFIRM_CONTRAST` times the reference's signal above ``background``
+    above ``reference`` (the truth, or the leave-one-out stack of the other exposures);
+    a group that is not was light the reference has too: a source (or its noise) that
+    the repair pass took for a cosmic ray. ``positions`` (n, 2) (x, y): the reference's
+    sources; ``radius`` (pixels): how near one counts as on it (2 x FWHM).
+
+    Returns ``{"groups", "confirmed", "pixels", "unconfirmed_pixels", "near_sources",
+    "unconfirmed_near_sources"}`` (pixel counts; ``near_sources``: repaired pixels within
+    ``radius`` of a source, confirmed or not).
+    """
+    repaired = np.nan_to_num(np.asarray(repaired, dtype=float)) > 0.5
+    labels, n = ndimage.label(repaired, structure=np.ones((3, 3)))
+    excess = np.nan_to_num(data - reference)
+    signal = np.clip(np.nan_to_num(reference - background), 0, None)
+    outlier = (excess > REPAIR_CONFIRM_SIGMA * sigma) & (excess > REPAIR_CONFIRM_CONTRAST * signal)
+    confirmed_group = np.zeros(n + 1, bool)
+    confirmed_group[np.unique(labels[outlier & repaired])] = True
+    confirmed_group[0] = False
+    unconfirmed = repaired & ~confirmed_group[labels]
+    near = np.zeros(repaired.shape, bool)
+    if len(positions) and repaired.any():
+        ny, nx = repaired.shape
+        x = np.clip(np.round(positions[:, 0]).astype(int), 0, nx - 1)
+        y = np.clip(np.round(positions[:, 1]).astype(int), 0, ny - 1)
+        near[y, x] = True
+        near = ndimage.distance_transform_edt(~near) <= radius
+    return {"groups": int(n), "confirmed": int(confirmed_group.sum()), "pixels": int(repaired.sum()),
+            "unconfirmed_pixels": int(unconfirmed.sum()), "near_sources": int((repaired & near).sum()),
+            "unconfirmed_near_sources": int((unconfirmed & near).sum())}
+

@@ -29,8 +29,8 @@ STEP_VERSIONS = {
     "register": 1,
     "train": 5,
     "predict": 5,
-    "evaluate": 12,
-    "report": 11,
+    "evaluate": 13,
+    "report": 12,
 }
 
 

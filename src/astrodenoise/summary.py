@@ -50,6 +50,15 @@ def _detection_summary(scores: list[dict]) -> dict:
             "detection_bins": pooled}
 
 
+def _repair_summary(scores: list[dict]) -> dict | None:
+    """The repair pass's checks (``repair_check`` of the evaluate step) summed over the
+    exposures that have one; None for an image kind without a repair pass or reference."""
+    checks = [s["repair_check"] for s in scores if s.get("repair_check")]
+    if not checks:
+        return None
+    return {key: sum(c[key] for c in checks) for key in checks[0]} | {"n_exposures": len(checks)}
+
+
 def _aperture_rows(scores: list[dict]) -> dict:
     """Per aperture of :data:`~astrodenoise.photometry.APERTURES`, the mean over exposures
     of the bright and faint flux bias (with its standard error), of the robust scatter,
@@ -126,6 +135,7 @@ def summarise(evaluations: list[dict]) -> list[dict]:
         row["apertures"] = _aperture_rows(scores)
         row["residual_source"] = _mean(s.get("residual", {}).get("source_mean") for s in scores)
         row |= _detection_summary(scores)
+        row["repair"] = _repair_summary(scores)
         rows.append(row)
     base = rows[0]
     for row in rows:
