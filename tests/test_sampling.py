@@ -106,6 +106,38 @@ def test_n2n_one_target_is_another_exposure():
     assert np.all(inputs != targets) and set(targets) <= {1.0, 2.0, 6.0}
 
 
+def _star_grid(shape, dy=0.0, dx=0.0, spacing=12, sigma=1.5, peak=100.0):
+    """Noise-free sky 100 with Gaussian stars every ``spacing`` pixels, moved by (dy, dx)."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]].astype(float)
+    image = np.full(shape, 100.0)
+    for cy in range(6, shape[0], spacing):
+        for cx in range(6, shape[1], spacing):
+            image += peak * np.exp(-((yy - cy - dy) ** 2 + (xx - cx - dx) ** 2) / (2 * sigma**2))
+    return image.astype(np.float32)
+
+
+@pytest.mark.parametrize("fraction", [(0.3, -0.4), (-0.5, 0.2)])
+def test_n2n_target_lies_on_the_input_sky_to_a_fraction_of_a_pixel(fraction):
+    """Dithered exposures aligned by whole pixels leave fractions of a pixel between them
+    (pixel (y, x) of exposure b holds the field reference's sky at (y + dy, x + dx)): the
+    target is moved onto the input's sky, so that a network is not taught to move (and, over
+    pairs of other fractions, blur) the light. Noise-free: the target equals the input."""
+    shape = (96, 96)
+    exposures = [training_exposure("a", "f", _star_grid(shape)),
+                 training_exposure("b", "f", _star_grid(shape, -fraction[0], -fraction[1]))]
+    config = TrainConfig(method="n2n", patch_size=32, batch_size=16, n2n_target="one")
+    norms = [Normalisation("linear", offset=100.0, scale=1.0) for _ in exposures]
+    unaligned = make_sampler(exposures, norms, config, np.random.default_rng(0)).batch()
+    exposures[1].fraction = fraction
+    aligned = make_sampler(exposures, norms, config, np.random.default_rng(0)).batch()
+
+    inside = ~aligned["nodata"]
+    assert inside.mean() > 0.8
+    error = np.abs(aligned["targets"] - aligned["inputs"])[inside]
+    assert error.max() < 0.03 * 100  # the spline's error: under 3% of a star's peak
+    assert np.abs(unaligned["targets"] - unaligned["inputs"]).max() > 0.15 * 100
+
+
 # --- structured blind spot -------------------------------------------------------------
 
 

@@ -2,8 +2,10 @@
 
 Offsets follow numpy order, ``(dy, dx)``: pixel ``(y, x)`` of the reference holds the
 same sky as pixel ``(y - dy, x - dx)`` of the exposure. Integer offsets move pixels
-without resampling them, so their noise stays independent; other grids are resampled
-with ``reproject`` (which correlates the noise, so the register step records it).
+without resampling them, so their noise stays independent (:func:`shift_integer`); the
+fraction of a pixel they leave is made up by a cubic spline where a reference of sources
+needs it (:func:`shift_subpixel`); other grids are resampled with ``reproject`` (which
+correlates the noise, so the register step records it).
 Used by the register step (which finds the offsets), training (Noise2Noise pairs) and
 evaluation (the leave-one-out stack).
 """
@@ -21,7 +23,7 @@ from skimage.registration import phase_cross_correlation
 
 from . import io
 
-__all__ = ["GRID_TOLERANCE", "same_grid", "wcs_offset", "xcorr_offset", "shift_integer",
+__all__ = ["GRID_TOLERANCE", "same_grid", "wcs_offset", "xcorr_offset", "shift_integer", "shift_subpixel",
            "align_to_reference", "onto_grid", "load_aligned"]
 
 #: Relative tolerance on the CD matrix for two WCS to count as one grid up to a shift.
@@ -96,6 +98,26 @@ def shift_integer(image: np.ndarray, offset, shape) -> np.ndarray:
     return out
 
 
+def shift_subpixel(image: np.ndarray, offset, shape) -> np.ndarray:
+    """``image`` moved by the exact ``offset`` onto a grid of ``shape`` (NaN outside): the
+    rounded offset by moving pixels (:func:`shift_integer`), the fraction left by a cubic
+    spline. The spline resamples: the noise of the result is correlated and a little lower
+    (by up to about a fifth in variance at half a pixel), the signal is not blurred. Pixels
+    within two of no data (the spline's reach) become NaN."""
+    moved = shift_integer(image, offset, shape)
+    fraction = [float(v) - round(float(v)) for v in offset]
+    if not any(abs(f) > 1e-3 for f in fraction):
+        return moved
+    valid = np.isfinite(moved)
+    if not valid.any():
+        return moved
+    filled = np.where(valid, moved, np.float32(np.median(moved[valid])))
+    out = ndimage.shift(filled.astype(np.float64), fraction, order=3, mode="nearest")
+    reach = ndimage.binary_dilation(~valid, iterations=2)
+    reach = ndimage.shift(reach.astype(np.float64), fraction, order=1, mode="constant", cval=1.0) > 1e-3
+    return np.where(reach, np.nan, out).astype(np.float32)
+
+
 def align_to_reference(image: np.ndarray, header: fits.Header, registration: dict | None = None, *,
                        ref_header: fits.Header, ref_shape: tuple[int, int]) -> np.ndarray | None:
     """Return ``image`` on the reference pixel grid (NaN where it has no data), or None.
@@ -114,17 +136,23 @@ def align_to_reference(image: np.ndarray, header: fits.Header, registration: dic
 
 
 def onto_grid(image: np.ndarray, header, entry: dict, target_header, target_entry: dict,
-               shape: tuple[int, int]) -> np.ndarray | None:
+              shape: tuple[int, int], *, subpixel: bool = False) -> np.ndarray | None:
     """``image`` (exposure j) on the pixel grid of exposure i, from their registrations.
 
     Both registered by an offset to the field's reference: j moves by the difference of
-    the rounded offsets (pixels moved, no interpolation). Otherwise j is resampled onto
-    i's WCS. None when either is unregistered.
+    the rounded offsets (pixels moved, no interpolation), or with ``subpixel`` by the
+    exact difference (:func:`shift_subpixel`: what a reference of sources needs; dithered
+    exposures differ by fractions of a pixel, and half a pixel moves a star's core by a
+    sixth of a 3-pixel FWHM). Otherwise j is resampled onto i's WCS. None when either is
+    unregistered.
     """
     methods = {entry["method"], target_entry["method"]}
     if "unregistered" in methods:
         return None
     if "reproject" not in methods:
+        if subpixel:
+            exact = [a - b for a, b in zip(entry["offset"], target_entry["offset"], strict=True)]
+            return shift_subpixel(image, exact, shape)
         offset = [round(a) - round(b) for a, b in zip(entry["offset"], target_entry["offset"], strict=True)]
         return shift_integer(image, offset, shape)
     resampled, _ = reproject_interp((image, io.celestial_wcs(header)), io.celestial_wcs(target_header),
@@ -144,9 +172,11 @@ def load_aligned(images: list[str], fields: list[str], registrations: list[str] 
     Returns
     -------
     One dict per exposure: ``name``, ``field``, ``data`` (float32, NaN where it has no
-    data on the reference grid) and ``bad`` (bool, True = flagged in its mask, or None).
-    An exposure that could not be registered gets a field of its own, so that it is
-    never paired with the others.
+    data on the reference grid), ``bad`` (bool, True = flagged in its mask, or None) and
+    ``fraction`` (dy, dx): what moving by whole pixels left of its offset, so that its
+    pixel (y, x) holds the reference's sky at (y + dy, x + dx) (zero for the reference and
+    for resampled exposures). An exposure that could not be registered gets a field of its
+    own, so that it is never paired with the others.
     """
     by_exposure = {}
     for path in registrations:
@@ -161,6 +191,7 @@ def load_aligned(images: list[str], fields: list[str], registrations: list[str] 
         mask = io.open_zarr_array(path, "mask")
         data = array[...]
         bad = None if mask is None else (mask[...] != 0).astype(np.float32)
+        fraction = (0.0, 0.0)
         if name in by_exposure:
             reference, entry = by_exposure[name]
             ref = io.open_zarr_image(stores[reference])
@@ -172,6 +203,8 @@ def load_aligned(images: list[str], fields: list[str], registrations: list[str] 
             else:
                 data = aligned
                 bad = None if bad is None else align_to_reference(bad, header, **align)
-        out.append({"name": name, "field": field, "data": data,
+                if entry["method"] not in ("reproject", "reference") and entry.get("offset") is not None:
+                    fraction = tuple(float(v) - round(float(v)) for v in entry["offset"])
+        out.append({"name": name, "field": field, "data": data, "fraction": fraction,
                     "bad": None if bad is None else ~(np.nan_to_num(bad, nan=1.0) < 0.5)})
     return out

@@ -27,7 +27,7 @@ STEP_VERSIONS = {
     # change to it reruns neither the per-exposure noise nor the training after it.
     "noise_survey": 3,
     "register": 1,
-    "train": 5,
+    "train": 6,
     "predict": 5,
     "evaluate": 13,
     "report": 12,

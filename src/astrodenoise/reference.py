@@ -5,7 +5,8 @@ Where no noise-free truth exists, an exposure is measured against the other expo
 its field: they see the same sky through independent noise. A plain mean of them is not
 a truth: every cosmic ray of every other exposure becomes a reference "source" that no
 single exposure has. Here the exposures of a field are put on the target exposure's grid
-(:func:`astrodenoise.alignment.onto_grid`), matched to its sky level, and each pixel of
+(:func:`astrodenoise.alignment.onto_grid`, to a fraction of a pixel: a reference of
+sources must not be offset from them), matched to its sky level, and each pixel of
 each of them is tested against the others through the noise model
 (:func:`reject_outliers`): what lies more than ``k`` per-pixel sigmas above the rest (a
 cosmic ray, a hot pixel) is left out, grown by one pixel for the charge it spills. The
@@ -159,7 +160,7 @@ def _on_target_grid(exposures: list[dict], registration: dict, target: int) -> l
         if j == target or other["name"] not in entries:
             continue
         moved = onto_grid(other["data"], other["header"], entries[other["name"]], goal["header"],
-                          entries[goal["name"]], goal["data"].shape)
+                          entries[goal["name"]], goal["data"].shape, subpixel=True)
         if moved is not None:
             out.append((j, moved + np.float32(goal["noise"].sky - other["noise"].sky)))
     return out

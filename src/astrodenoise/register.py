@@ -5,7 +5,10 @@ Noise2Noise needs two exposures of the same sky on the same pixel grid. Three ca
 - same grid up to a shift (the usual dithered or drifting sequence): the offset comes
   from the WCS, or, without one, from the cross-correlation of the images; pairs are
   aligned by the *integer* part of the offset, which moves pixels without resampling
-  them, so their noise stays independent;
+  them, so their noise stays independent; the fraction of a pixel left is made up where
+  the sky must match: the Noise2Noise target is moved onto its input's sky with a spline
+  (:func:`astrodenoise.sampling.target_window`; resampling the target correlates its
+  noise, never with the input's), and so is each layer of the leave-one-out reference;
 - different grids (rotation, scale, another detector): the exposure is resampled onto
   the reference grid with the ``reproject`` package. Resampling correlates the noise,
   so it is recorded (``method: "reproject"``) for the later steps;

@@ -2,8 +2,9 @@
 
 - :class:`Exposure`: one training exposure with its noise model;
 - :class:`PatchSampler`: random patches of the normalised exposures (half of them on a
-  source), their Noise2Noise or Noise2Void target, a random symmetry of the grid each,
-  and optionally a source of known flux injected for the flux loss;
+  source), their Noise2Noise or Noise2Void target (the other exposures moved onto the
+  input's sky to a fraction of a pixel: :func:`target_window`), a random symmetry of the
+  grid each, and optionally a source of known flux injected for the flux loss;
 - :func:`n2v_mask` and :func:`hide_lines`: the Noise2Void blind spot and the structN2V
   line mask for correlated noise.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from . import symmetry
 from .noise_model import NoiseModel
@@ -21,7 +23,7 @@ from .photometry import aperture_weights
 from .sources import with_photon_noise
 from .transform import Normalisation
 
-__all__ = ["Exposure", "PatchSampler", "TARGETS", "n2v_mask", "hide_lines"]
+__all__ = ["Exposure", "PatchSampler", "TARGETS", "n2v_mask", "hide_lines", "target_window"]
 
 #: What a patch is compared with: itself (Noise2Void, blind spot), the mean of the other
 #: exposures of its field, or one other exposure drawn at random (Noise2Noise).
@@ -38,6 +40,40 @@ class Exposure:
     data: np.ndarray
     noise: NoiseModel
     bad: np.ndarray | None = None  # (ny, nx) bool, True = excluded from the loss
+    #: (dy, dx): the fraction of a pixel its field's integer alignment left; pixel (y, x)
+    #: holds the sky of the field's reference pixel (y + dy, x + dx)
+    #: (:func:`astrodenoise.alignment.load_aligned`).
+    fraction: tuple[float, float] = (0.0, 0.0)
+
+
+#: Pixels cut around a target patch for the spline that moves it (its reach).
+_SHIFT_MARGIN = 3
+
+
+def target_window(image: np.ndarray, nodata: np.ndarray, y: int, x: int, size: int,
+                  shift: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``size`` x ``size`` patch of ``image`` at corner (``y``, ``x``), moved by
+    ``shift`` (dy, dx; scipy's sign: output pixel p holds input p - shift) with a cubic
+    spline, and its ``nodata`` (grown by the spline's reach). No shift, no resampling.
+
+    Noise2Noise learns the mean of its target given its input: a target whose sky lies a
+    fraction of a pixel off the input's (dithered exposures aligned by whole pixels) teaches
+    the network to move the light by that fraction, and over pairs of different fractions
+    to blur it; the resampled target keeps noise independent of the input's, so the mean
+    it teaches is the input's own sky."""
+    if max(abs(shift[0]), abs(shift[1])) < 1e-3:
+        return image[y:y + size, x:x + size], nodata[y:y + size, x:x + size]
+    m = _SHIFT_MARGIN
+    ny, nx = image.shape
+    y0, x0, y1, x1 = max(0, y - m), max(0, x - m), min(ny, y + size + m), min(nx, x + size + m)
+    bad = nodata[y0:y1, x0:x1] | ~np.isfinite(image[y0:y1, x0:x1])
+    window = image[y0:y1, x0:x1].astype(np.float64)
+    filled = np.where(bad, np.median(window[~bad]) if (~bad).any() else 0.0, window)
+    moved = ndimage.shift(filled, shift, order=3, mode="nearest")
+    reach = ndimage.shift(ndimage.binary_dilation(bad, iterations=2).astype(np.float64), shift, order=1,
+                          mode="nearest") > 1e-3
+    crop = np.s_[y - y0:y - y0 + size, x - x0:x - x0 + size]
+    return moved[crop].astype(np.float32), reach[crop]
 
 
 def n2v_mask(shape: tuple[int, int, int], *, fraction: float, neighbourhood: int,
@@ -118,6 +154,7 @@ class PatchSampler:
         self.val_fraction, self.source_fraction = val_fraction, source_fraction
         self.stamps, self.radius = stamps, radius
         self.data = [exp.data for exp in exposures]
+        self.fractions = [np.asarray(exp.fraction, float) for exp in exposures]
         self.sigmas = [exp.noise.sigma for exp in exposures]
         # A structured blind spot runs along the detector axes: rotating a patch by 90
         # degrees would turn it across the correlation, so only flips are drawn then.
@@ -157,9 +194,16 @@ class PatchSampler:
         y = self.rng.integers(lo, hi + 1)
         return int(y), int(self.rng.integers(0, nx - p + 1))
 
-    def _cut(self, i: int, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
-        p = self.patch_size
-        return self.images[i][y:y + p, x:x + p], self.nodata[i][y:y + p, x:x + p]
+    def _shift(self, i: int, onto: int | None) -> tuple[float, float]:
+        """What moves exposure ``i``'s pixels onto the sky of exposure ``onto``'s."""
+        if onto is None or onto == i:
+            return (0.0, 0.0)
+        dy, dx = self.fractions[i] - self.fractions[onto]
+        return (float(dy), float(dx))
+
+    def _cut(self, i: int, y: int, x: int, onto: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exposure ``i``'s normalised patch and no-data mask, on the sky of ``onto``."""
+        return target_window(self.images[i], self.nodata[i], y, x, self.patch_size, self._shift(i, onto))
 
     def _pair(self) -> tuple[int, list[int]]:
         """The input exposure and the exposures whose mean is the target (``target``)."""
@@ -187,7 +231,7 @@ class PatchSampler:
             a, others = self._pair()
             y, x = self._corner(a, val)
             src, bad = self._cut(a, y, x)
-            cuts = [self._cut(i, y, x) for i in others]
+            cuts = [self._cut(i, y, x, a) for i in others]
             # The mean of independent exposures is a target of the same mean, less noise.
             dst = np.mean([cut for cut, _ in cuts], axis=0, dtype=np.float32)
             bad = np.logical_or.reduce([bad] + [b for _, b in cuts])
@@ -196,7 +240,9 @@ class PatchSampler:
             rows.append([np.ascontiguousarray(symmetry.apply(arr, k, flip)) for arr in (src, dst, bad)])
             if self.stamps is not None and not val:
                 p = self.patch_size
-                raw = [symmetry.apply(self.data[i][y:y + p, x:x + p], k, flip) for i in [a, *others]]
+                windows = [target_window(self.data[i], self.nodata[i], y, x, p, self._shift(i, a))[0]
+                           for i in [a, *others]]
+                raw = [symmetry.apply(window, k, flip) for window in windows]
                 injected.append(self._inject(raw, [a, *others]))
         src, dst, bad = (np.stack(arrays) for arrays in zip(*rows, strict=True))
         if not injected:

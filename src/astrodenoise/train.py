@@ -513,7 +513,7 @@ def read_exposures(images: list[str], noise_files: list[str], fields: list[str],
     if not len(images) == len(noise_files) == len(fields):
         raise ValueError("train needs one noise file and one field name per image")
     return [Exposure(name=loaded["name"], field=loaded["field"], data=loaded["data"],
-                     noise=read_noise_model(noise_file), bad=loaded["bad"])
+                     noise=read_noise_model(noise_file), bad=loaded["bad"], fraction=loaded["fraction"])
             for loaded, noise_file in zip(load_aligned(images, fields, registrations), noise_files,
                                           strict=True)]
 
