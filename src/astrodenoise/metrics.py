@@ -18,8 +18,12 @@ __all__ = ["blank_sky_rms", "psnr", "reference_range", "reference_mse", "estimat
            "power_spectrum", "residual_statistics", "repair_check"]
 
 #: A repaired group is confirmed as an outlier of this exposure when one of its pixels lies
-#: this many noise sigmas above the reference ...
-REPAIR_CONFIRM_SIGMA = 5.0
+#: this many noise sigmas above the reference (sigma of the difference: the exposure's and
+#: the reference's noise; the repair pass fills pixels 5 of the exposure's own sigmas above
+#: its prediction, which against a leave-one-out stack of two or more exposures, sigma at
+#: most 1 / sqrt(2) of the exposure's, is still 4.1 sigmas; a star's pixel, which the
+#: reference has too, exceeds 3 in about one group of a hundred) ...
+REPAIR_CONFIRM_SIGMA = 3.0
 #: ... and above this share of the reference's own signal there (a bright star's core,
 #: misregistered by a fraction of a pixel, differs from the stack by several sigmas but by
 #: a fraction of itself; a cosmic ray on the sky by all of itself).
