@@ -78,9 +78,9 @@ def write_fields(out: Path, config: SimulationConfig) -> list[dict]:
             moved = ndimage.shift(truth, -offset, order=3, mode="nearest")  # exposure(z) = truth(z + d)
             dithered = simulate_exposure(moved, config, np.random.default_rng(seq))
             plain = simulate_exposure(truth, config, np.random.default_rng(seq))
+            noise = estimate_noise(dithered, header=header) | {"exposure": f"{name}_e{e:02d}"}
             exposures.append({"name": f"{name}_e{e:02d}", "offset": offset, "dithered": dithered,
-                              "plain": plain,
-                              "noise": estimate_noise(dithered, header=header) | {"exposure": f"{name}_e{e:02d}"}})
+                              "plain": plain, "noise": noise})
         io.write_fits_image(out / "raw" / f"{name}_e00.fits", exposures[0]["plain"], header)
         io.write_json(out / "noise" / f"{name}_e00.json", exposures[0]["noise"])
         fields.append({"name": name, "exposures": exposures})
@@ -99,7 +99,9 @@ def training_exposures(fields: list[dict], variant: str) -> list[Exposure]:
                 data, fraction = exp["plain"], (0.0, 0.0)
             else:
                 data = shift_integer(exp["dithered"], offset, exp["dithered"].shape)
-                fraction = tuple(float(v - round(v)) for v in offset) if variant == "sub-pixel" else (0.0, 0.0)
+                fraction = (0.0, 0.0)
+                if variant == "sub-pixel":
+                    fraction = tuple(float(v - round(v)) for v in offset)
             out.append(Exposure(name=exp["name"], field=field["name"], data=data.astype(np.float32),
                                 noise=noise, fraction=fraction))
     return out
@@ -140,18 +142,19 @@ def markdown(result: dict, meta: dict) -> str:
         f"# Noise2Noise on dithered exposures ({meta['n_fields']} demo fields of seed {meta['seed']}, "
         f"{meta['n_exposures']} exposures each, offsets up to {DITHER:g} px)",
         "",
-        f"Definitions: module docstring of benchmarks/dither.py. Code {meta['code_version']}; scored on exposure 0 "
-        "of each field against its truth.",
+        f"Definitions: module docstring of benchmarks/dither.py. Code {meta['code_version']}; scored on "
+        "exposure 0 of each field against its truth.",
         "",
-        "| image | PSNR dB | bright 1/2/3 × FWHM / Kron (%) | faint 1/2/3 × FWHM / Kron (%) | unmatched detections "
-        "| training s |",
+        "| image | PSNR dB | bright 1/2/3 × FWHM / Kron (%) | faint 1/2/3 × FWHM / Kron (%) "
+        "| unmatched detections | training s |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in result["summary"].items():
-        cells = {cls: " / ".join(_pct(row["apertures"][k][cls]) for k in APERTURES) for cls in ("bright", "faint")}
+        cells = {cls: " / ".join(_pct(row["apertures"][k][cls]) for k in APERTURES)
+                 for cls in ("bright", "faint")}
         seconds = result["train_seconds"].get(name, "")
-        lines.append(f"| {name} | {row['psnr']:.2f} | {cells['bright']} | {cells['faint']} | {row['unmatched']} "
-                     f"| {seconds} |")
+        lines.append(f"| {name} | {row['psnr']:.2f} | {cells['bright']} | {cells['faint']} "
+                     f"| {row['unmatched']} | {seconds} |")
     return "\n".join(lines) + "\n"
 
 
