@@ -142,7 +142,13 @@ def test_repair_check_tells_a_cosmic_ray_from_a_star(noisy_reference):
                          sigma=np.full(shape, noise), positions=positions, radius=2 * 3.5)
 
     assert check == {"groups": 3, "confirmed": 1, "pixels": 27, "unconfirmed_pixels": 18,
-                     "near_sources": 18, "unconfirmed_near_sources": 18}
+                     "near_sources": 18, "unconfirmed_near_sources": 18, "unchecked": 0}
+    # Where the reference has no data (an edge no other exposure covers), a group is
+    # neither confirmed nor unconfirmed: it is left out and counted apart.
+    reference[70:90, 5:25] = np.nan
+    check = repair_check(repaired, data, reference, background=np.full(shape, sky),
+                         sigma=np.full(shape, noise), positions=positions, radius=2 * 3.5)
+    assert (check["groups"], check["confirmed"], check["pixels"], check["unchecked"]) == (2, 0, 18, 1)
 
 
 def test_repair_check_without_repairs_or_sources():
@@ -152,5 +158,5 @@ def test_repair_check_without_repairs_or_sources():
                          sigma=np.ones((32, 32)), positions=np.empty((0, 2)), radius=5.0)
 
     assert check == {"groups": 0, "confirmed": 0, "pixels": 0, "unconfirmed_pixels": 0,
-                     "near_sources": 0, "unconfirmed_near_sources": 0}
+                     "near_sources": 0, "unconfirmed_near_sources": 0, "unchecked": 0}
 

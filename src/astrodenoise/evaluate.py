@@ -353,7 +353,7 @@ def _repair_scores(denoised: dict[str, str], data: np.ndarray, *, ref: dict, sky
     if reference is not None:
         sigma = sky["noise"].pixel_sigma(reference)
         if stack is not None:
-            sigma = np.sqrt(sigma**2 + np.nan_to_num(stack["variance"], nan=np.inf))
+            sigma = np.sqrt(sigma**2 + stack["variance"])  # NaN where no other exposure has data
     out = {}
     for name, path in denoised.items():
         repaired = io.open_zarr_array(path, "repaired")

@@ -185,11 +185,17 @@ def repair_check(repaired: np.ndarray, data: np.ndarray, reference: np.ndarray, 
     sources; ``radius`` (pixels): how near one counts as on it (2 x FWHM).
 
     Returns ``{"groups", "confirmed", "pixels", "unconfirmed_pixels", "near_sources",
-    "unconfirmed_near_sources"}`` (pixel counts; ``near_sources``: repaired pixels within
-    ``radius`` of a source, confirmed or not).
+    "unconfirmed_near_sources", "unchecked"}`` (pixel counts; ``near_sources``: repaired
+    pixels within ``radius`` of a source, confirmed or not; ``unchecked``: groups where the
+    reference has no data, e.g. an edge no other exposure covers, left out of the rest).
     """
     repaired = np.nan_to_num(np.asarray(repaired, dtype=float)) > 0.5
     labels, n = ndimage.label(repaired, structure=np.ones((3, 3)))
+    checked = np.zeros(n + 1, bool)
+    checked[np.unique(labels[repaired & np.isfinite(reference) & np.isfinite(sigma)])] = True
+    checked[0] = False
+    unchecked = int(n - checked.sum())
+    repaired &= checked[labels]
     excess = np.nan_to_num(data - reference)
     signal = np.clip(np.nan_to_num(reference - background), 0, None)
     outlier = (excess > REPAIR_CONFIRM_SIGMA * sigma) & (excess > REPAIR_CONFIRM_CONTRAST * signal)
@@ -204,7 +210,8 @@ def repair_check(repaired: np.ndarray, data: np.ndarray, reference: np.ndarray, 
         y = np.clip(np.round(positions[:, 1]).astype(int), 0, ny - 1)
         near[y, x] = True
         near = ndimage.distance_transform_edt(~near) <= radius
-    return {"groups": int(n), "confirmed": int(confirmed_group.sum()), "pixels": int(repaired.sum()),
-            "unconfirmed_pixels": int(unconfirmed.sum()), "near_sources": int((repaired & near).sum()),
-            "unconfirmed_near_sources": int((unconfirmed & near).sum())}
+    return {"groups": int(checked.sum()), "confirmed": int(confirmed_group.sum()),
+            "pixels": int(repaired.sum()), "unconfirmed_pixels": int(unconfirmed.sum()),
+            "near_sources": int((repaired & near).sum()),
+            "unconfirmed_near_sources": int((unconfirmed & near).sum()), "unchecked": unchecked}
 
