@@ -19,7 +19,8 @@ import pytest
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("__init__",),
     1: ("provenance", "io"),
-    2: ("model", "symmetry", "noise_model", "sky", "psf", "photometry", "sources", "alignment", "fields"),
+    2: ("model", "symmetry", "noise_model", "sky", "psf", "photometry", "sources", "alignment", "fields",
+        "photon_transfer"),
     3: ("transform", "detection", "metrics", "cutouts"),
     4: ("denoise", "restore", "baselines", "sampling", "inject", "reference"),
     5: ("tiling", "selection", "summary", "scoring_reference"),

@@ -201,3 +201,27 @@ def test_pixel_sigma_matches_simulated_poisson_gaussian_noise():
         assert abs(draws.std() / expected - 1) < 0.03
     assert predicted[4] == predicted[1] == sigma  # no data, and the sky itself: read noise only
     np.testing.assert_array_equal(pixel_sigma(mean, sky=sky, sigma=sigma, gain=None), sigma)
+
+
+@pytest.mark.parametrize("pedestal", [None, -500.0])
+def test_zero_level_from_the_header_pedestal(pedestal):
+    """Calibrated amateur frames (MaxIm DL, SBFITSEXT) carry PEDESTAL: the offset added to
+    keep them positive. The sky above the zero level, not above 0, is what GAIN and RDNOISE
+    predict the noise from: 40 ADU of sky at gain 1.5 and 10 e- read noise is 8.4 ADU of
+    noise; counted from 0 (540 ADU) it would be 20."""
+    rng = np.random.default_rng(5)
+    gain, read_noise, sky = 1.5, 10.0, 40.0
+    offset = -pedestal if pedestal is not None else 0.0
+    electrons = rng.poisson(sky * gain, (256, 256)) + rng.normal(0, read_noise, (256, 256))
+    data = (offset + electrons / gain).astype(np.float32)
+    header = fits.Header({"GAIN": gain, "RDNOISE": read_noise})
+    if pedestal is not None:
+        header["PEDESTAL"] = pedestal
+
+    result = estimate_noise(data, header=header)
+
+    assert result["bias"] == offset
+    assert result["bias_source"] == ("header PEDESTAL" if pedestal is not None else "none")
+    assert result["sigma_from_header"] == pytest.approx(result["sigma"], rel=0.05)
+    assert result["sigma"] == pytest.approx(np.sqrt(sky * gain + read_noise**2) / gain, rel=0.05)
+

@@ -11,16 +11,14 @@ from astrodenoise import io
 from astrodenoise.ingest import ingest
 from astrodenoise.noise import (
     estimate_noise,
-    fit_poisson_gaussian,
     noise,
     noise_autocorrelation,
     noise_survey,
     overscan_level,
-    pair_mean_variance_curve,
     pattern_noise,
-    survey_noise,
 )
 from astrodenoise.noise_model import NoiseModel, read_noise_model
+from astrodenoise.photon_transfer import fit_poisson_gaussian, pair_mean_variance_curve, survey_noise
 from astrodenoise.transform import stabilising
 from conftest import REAL_DATA, make_star_field
 

@@ -22,10 +22,10 @@ __all__ = ["STEP_VERSIONS", "code_version", "config_hash"]
 STEP_VERSIONS = {
     "simulate": 1,
     "ingest": 1,
-    "noise": 2,
+    "noise": 3,
     # The survey-level photon-transfer fit (noise_survey rule): its own number, so that a
     # change to it reruns neither the per-exposure noise nor the training after it.
-    "noise_survey": 3,
+    "noise_survey": 4,
     "register": 1,
     "train": 6,
     "predict": 5,
