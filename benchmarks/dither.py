@@ -38,6 +38,7 @@ import numpy as np
 import quality
 import yaml
 from scipy import ndimage
+from tables import write_tables
 
 from astrodenoise import io
 from astrodenoise.alignment import shift_integer
@@ -173,10 +174,7 @@ def main(argv=None) -> None:
         result = run(config, train_settings, predict, Path(work))
     meta = {"n_fields": args.fields, "seed": args.seed, "n_exposures": config.n_exposures,
             "code_version": code_version(), "train": train_settings, "predict": dataclasses.asdict(predict)}
-    io.write_json(f"{args.out}.json", {"meta": meta} | result)
-    with io.atomic_path(f"{args.out}.md") as tmp:
-        tmp.write_text(markdown(result, meta), encoding="utf-8")
-    print(markdown(result, meta))
+    write_tables(args.out, {"meta": meta} | result, markdown(result, meta))
 
 
 if __name__ == "__main__":

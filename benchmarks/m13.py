@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tables import write_tables
 
 from astrodenoise import io
 from astrodenoise.inject import summarise_recovery
@@ -110,10 +111,7 @@ def main(argv=None) -> None:
         sys.exit("no evaluations under results/evaluate/m13: run the workflow with config/m13.yaml first "
                  "(it needs the M13 frames in ../shared/data/real)")
     result = collect([io.read_json(f) for f in files])
-    io.write_json(f"{args.out}.json", result)
-    with io.atomic_path(f"{args.out}.md") as tmp:
-        tmp.write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
+    write_tables(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

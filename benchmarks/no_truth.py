@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from tables import write_tables
 
 from astrodenoise import io
 from astrodenoise.evaluate import EvaluateConfig, evaluate_field
@@ -353,10 +354,7 @@ def main(argv=None) -> None:
     if args.pool:
         pooled = pool({n: io.read_json(REPO / "benchmarks" / f"no_truth_{n}.json") for n in args.pool})
         stem = args.out or REPO / "benchmarks" / "no_truth_pooled"
-        io.write_json(f"{stem}.json", pooled)
-        with io.atomic_path(f"{stem}.md") as tmp:
-            tmp.write_text(pooled_markdown(pooled), encoding="utf-8")
-        print(pooled_markdown(pooled))
+        write_tables(stem, pooled, pooled_markdown(pooled))
         return
     stem = args.out or REPO / "benchmarks" / f"no_truth_{args.survey}"
     if args.from_json:
@@ -408,10 +406,7 @@ def main(argv=None) -> None:
 
 
 def _write(summary: dict, stem: Path) -> None:
-    io.write_json(f"{stem}.json", summary)
-    with io.atomic_path(f"{stem}.md") as tmp:
-        tmp.write_text(markdown(summary), encoding="utf-8")
-    print(markdown(summary))
+    write_tables(stem, summary, markdown(summary))
 
 
 if __name__ == "__main__":
