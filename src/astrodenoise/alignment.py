@@ -24,7 +24,7 @@ from skimage.registration import phase_cross_correlation
 from . import io
 
 __all__ = ["GRID_TOLERANCE", "same_grid", "wcs_offset", "xcorr_offset", "shift_integer", "shift_subpixel",
-           "align_to_reference", "onto_grid", "load_aligned"]
+           "spline_shift", "align_to_reference", "onto_grid", "load_aligned"]
 
 #: Relative tolerance on the CD matrix for two WCS to count as one grid up to a shift.
 GRID_TOLERANCE = 1e-4
@@ -106,16 +106,25 @@ def shift_subpixel(image: np.ndarray, offset, shape) -> np.ndarray:
     within two of no data (the spline's reach) become NaN."""
     moved = shift_integer(image, offset, shape)
     fraction = [float(v) - round(float(v)) for v in offset]
-    if not any(abs(f) > 1e-3 for f in fraction):
+    if not any(abs(f) > 1e-3 for f in fraction) or not np.isfinite(moved).any():
         return moved
-    valid = np.isfinite(moved)
-    if not valid.any():
-        return moved
-    filled = np.where(valid, moved, np.float32(np.median(moved[valid])))
-    out = ndimage.shift(filled.astype(np.float64), fraction, order=3, mode="nearest")
-    reach = ndimage.binary_dilation(~valid, iterations=2)
-    reach = ndimage.shift(reach.astype(np.float64), fraction, order=1, mode="constant", cval=1.0) > 1e-3
+    out, reach = spline_shift(moved, ~np.isfinite(moved), fraction, outside_bad=True)
     return np.where(reach, np.nan, out).astype(np.float32)
+
+
+def spline_shift(image: np.ndarray, bad: np.ndarray, shift, *,
+                 outside_bad: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` moved by ``shift`` (dy, dx; scipy's sign: output pixel p holds input
+    p - shift) with a cubic spline, ``bad`` pixels (no data) filled with the median of the
+    others first; and where the result is bad: within the spline's reach (two pixels) of a
+    bad pixel, and with ``outside_bad`` of the edge (beyond it there is no data; without,
+    the edge pixels are repeated, as for a window cut out of a larger image). Float64."""
+    filled = np.where(bad, np.median(image[~bad]) if (~bad).any() else 0.0, image).astype(np.float64)
+    out = ndimage.shift(filled, shift, order=3, mode="nearest")
+    edge = {"mode": "constant", "cval": 1.0} if outside_bad else {"mode": "nearest"}
+    reach = ndimage.shift(ndimage.binary_dilation(bad, iterations=2).astype(np.float64), shift, order=1,
+                          **edge) > 1e-3
+    return out, reach
 
 
 def align_to_reference(image: np.ndarray, header: fits.Header, registration: dict | None = None, *,

@@ -191,17 +191,13 @@ def repair_check(repaired: np.ndarray, data: np.ndarray, reference: np.ndarray, 
     """
     repaired = np.nan_to_num(np.asarray(repaired, dtype=float)) > 0.5
     labels, n = ndimage.label(repaired, structure=np.ones((3, 3)))
-    checked = np.zeros(n + 1, bool)
-    checked[np.unique(labels[repaired & np.isfinite(reference) & np.isfinite(sigma)])] = True
-    checked[0] = False
+    checked = _groups_touching(labels, n, np.isfinite(reference) & np.isfinite(sigma))
     unchecked = int(n - checked.sum())
     repaired &= checked[labels]
     excess = np.nan_to_num(data - reference)
     signal = np.clip(np.nan_to_num(reference - background), 0, None)
     outlier = (excess > REPAIR_CONFIRM_SIGMA * sigma) & (excess > REPAIR_CONFIRM_CONTRAST * signal)
-    confirmed_group = np.zeros(n + 1, bool)
-    confirmed_group[np.unique(labels[outlier & repaired])] = True
-    confirmed_group[0] = False
+    confirmed_group = _groups_touching(labels, n, outlier & repaired)
     unconfirmed = repaired & ~confirmed_group[labels]
     near = np.zeros(repaired.shape, bool)
     if len(positions) and repaired.any():
@@ -214,4 +210,13 @@ def repair_check(repaired: np.ndarray, data: np.ndarray, reference: np.ndarray, 
             "pixels": int(repaired.sum()), "unconfirmed_pixels": int(unconfirmed.sum()),
             "near_sources": int((repaired & near).sum()),
             "unconfirmed_near_sources": int((unconfirmed & near).sum()), "unchecked": unchecked}
+
+
+def _groups_touching(labels: np.ndarray, n: int, where: np.ndarray) -> np.ndarray:
+    """Bool per label 0..``n`` of ``labels``: the group has a pixel in ``where`` (0, the
+    background, never)."""
+    out = np.zeros(n + 1, bool)
+    out[np.unique(labels[where & (labels > 0)])] = True
+    out[0] = False
+    return out
 

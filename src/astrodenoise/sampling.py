@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from . import symmetry
+from .alignment import spline_shift
 from .noise_model import NoiseModel
 from .photometry import aperture_weights
 from .sources import with_photon_noise
@@ -66,12 +66,8 @@ def target_window(image: np.ndarray, nodata: np.ndarray, y: int, x: int, size: i
     m = _SHIFT_MARGIN
     ny, nx = image.shape
     y0, x0, y1, x1 = max(0, y - m), max(0, x - m), min(ny, y + size + m), min(nx, x + size + m)
-    bad = nodata[y0:y1, x0:x1] | ~np.isfinite(image[y0:y1, x0:x1])
-    window = image[y0:y1, x0:x1].astype(np.float64)
-    filled = np.where(bad, np.median(window[~bad]) if (~bad).any() else 0.0, window)
-    moved = ndimage.shift(filled, shift, order=3, mode="nearest")
-    reach = ndimage.shift(ndimage.binary_dilation(bad, iterations=2).astype(np.float64), shift, order=1,
-                          mode="nearest") > 1e-3
+    window = image[y0:y1, x0:x1]
+    moved, reach = spline_shift(window, nodata[y0:y1, x0:x1] | ~np.isfinite(window), shift, outside_bad=False)
     crop = np.s_[y - y0:y - y0 + size, x - x0:x - x0 + size]
     return moved[crop].astype(np.float32), reach[crop]
 
