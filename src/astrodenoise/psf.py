@@ -26,6 +26,14 @@ __all__ = ["PSF", "measure_psf", "fit_star", "moffat_fwhm", "moffat_stamp", "gau
 #: has fitted a neighbour's light or the noise, and its star is left out.
 BETA_MIN = 1.5
 
+#: The S/N (segment flux over the noise of its pixels) a star needs, tried in turn: the
+#: brighter cut while it leaves ``ENOUGH_STARS`` stars, else the fainter, at which a
+#: Moffat fit still measures the FWHM to about 10% a star. A rich field is measured on its
+#: bright stars only; a shallow or crowded one (a 5 s frame of a globular cluster, its deep
+#: stack) on the few isolated faint stars it has, not on the blends in its core.
+STAR_SNR = (20.0, 10.0)
+ENOUGH_STARS = 5
+
 #: FWHM of a Gaussian in units of its standard deviation, 2 sqrt(2 ln 2).
 FWHM_PER_SIGMA = 2.3548
 
@@ -57,8 +65,10 @@ def measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: 
     """The PSF of an exposure from its own stars: a Moffat of their median FWHM and beta.
 
     Candidates are sources of the image filtered by a Gaussian of ``fwhm_guess`` above 5
-    sigma, with at least 20 times the noise of their segment, away from flagged pixels
-    (``bad``: saturated, no data), from the edge and from other sources by half a stamp.
+    sigma, away from flagged pixels (``bad``: saturated, no data), from the edge and from
+    other sources by half a stamp, with at least 20 times the noise of their segment, or
+    10 where fewer than ``ENOUGH_STARS`` reach 20 (:data:`STAR_SNR`: a shallow field's
+    few bright "stars" are often blends).
     Cosmic rays are dropped (a peak pixel whose four direct neighbours do not all reach
     a quarter of it: any PSF sampled by 2 pixels or more per FWHM does), then galaxies
     (stars are the most compact of what is left: peak over flux within 35% of that of
@@ -119,18 +129,13 @@ def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad:
     cat = SourceCatalog(residual, segments, convolved_data=filtered)
     x, y = np.asarray(cat.x_centroid, float), np.asarray(cat.y_centroid, float)
     flux, area = np.asarray(cat.segment_flux, float), np.asarray(cat.area.value, float)
-    fwhm = np.asarray(cat.fwhm.value, float)
-    ny, nx = data.shape
-    ok = (flux > 20 * sigma * np.sqrt(area)) & np.isfinite(fwhm)
-    ok &= (x > half + 1) & (x < nx - half - 2) & (y > half + 1) & (y < ny - half - 2)
-    if len(x) > 1:
-        dist, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
-        ok &= dist[:, 1] > half
-    if bad is not None and ok.any():
-        grown = ndimage.binary_dilation(bad, iterations=half)
-        ok &= ~grown[np.round(y).astype(int).clip(0, ny - 1), np.round(x).astype(int).clip(0, nx - 1)]
-    ok &= _point_like(residual, x, y, flux, ok, min_stars=min_stars)
-    pick = np.flatnonzero(ok)
+    usable = _isolated(x, y, np.isfinite(np.asarray(cat.fwhm.value, float)), shape=data.shape, half=half,
+                       bad=bad)
+    snr = flux / (sigma * np.sqrt(area))
+    for least in STAR_SNR:  # the brighter stars where there are enough of them
+        pick = np.flatnonzero(_point_like(residual, x, y, flux, usable & (snr > least), min_stars=min_stars))
+        if len(pick) >= ENOUGH_STARS:
+            break
     if len(pick) < min_stars:
         return fallback
     pick = pick[np.argsort(-flux[pick])][:max_stars]
@@ -142,8 +147,23 @@ def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad:
         failed = f"Moffat fits failed on {len(pick) - len(fits)} of {len(pick)} stars"
         return PSF(fallback.stamp, fwhm_guess, 0, f"{gaussian} ({failed})")
     fwhm, beta = np.median(fits, axis=0)
-    method = f"Moffat (beta {beta:.2f}) fitted to {len(fits)} stars (median)"
+    method = f"Moffat (beta {beta:.2f}) fitted to {len(fits)} stars (median, S/N > {least:g})"
     return PSF(moffat_stamp(fwhm, beta, half=half), float(fwhm), len(fits), method)
+
+
+def _isolated(x: np.ndarray, y: np.ndarray, ok: np.ndarray, *, shape: tuple[int, int], half: int,
+              bad: np.ndarray | None) -> np.ndarray:
+    """Bool per source: ``ok``, a stamp of half-side ``half`` inside the image, no other
+    source within ``half`` and no flagged pixel within ``half``."""
+    ny, nx = shape
+    ok = ok & (x > half + 1) & (x < nx - half - 2) & (y > half + 1) & (y < ny - half - 2)
+    if len(x) > 1:
+        dist, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
+        ok &= dist[:, 1] > half
+    if bad is not None and ok.any():
+        grown = ndimage.binary_dilation(bad, iterations=half)
+        ok &= ~grown[np.round(y).astype(int).clip(0, ny - 1), np.round(x).astype(int).clip(0, nx - 1)]
+    return ok
 
 
 def moffat_fwhm(gamma: float, beta: float) -> float:
