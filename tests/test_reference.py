@@ -3,6 +3,8 @@ stack's noise, and the unbiased MSE estimate it allows (metrics.reference_mse)."
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -10,7 +12,13 @@ from scipy import ndimage
 import conftest
 from astrodenoise.metrics import estimated_psnr, reference_mse, reference_range
 from astrodenoise.noise_model import NoiseModel
-from astrodenoise.reference import exposure_psf, layer_variance, reject_outliers, weighted_stack
+from astrodenoise.reference import (
+    expected_input_psnr,
+    exposure_psf,
+    layer_variance,
+    reject_outliers,
+    weighted_stack,
+)
 from conftest import moffat_field
 
 SKY, SIGMA, GAIN = 100.0, 5.0, 4.0
@@ -168,3 +176,20 @@ def test_psf_of_an_exposure_with_too_few_bright_stars_comes_from_its_fields_deep
     assert alone.n_stars == 0 and "too few stars" in alone.method
     assert psf.n_stars >= 3 and "deep stack of the field's 4 exposures" in psf.method
     assert psf.fwhm == pytest.approx(4.5, rel=0.05)
+
+
+def test_expected_input_psnr_counts_the_noises_heavy_tails():
+    """A camera whose blank sky has 1.5 times the robust sigma's variance within 5 sigma
+    (M13's: 1.48) gives an input 10 log10(1.5) = 1.76 dB below what sigma alone predicts;
+    the reference's self-test compares the estimate with that, not with sigma's."""
+    shape = (40, 40)
+    stack = {"layers": np.full((3, *shape), 100.0), "deep": np.full(shape, 100.0),
+             "target_rejected": np.zeros(shape, bool), "target_flagged": np.zeros(shape, bool)}
+    gaussian = NoiseModel(sky=100.0, sigma=3.0)
+    tailed = dataclasses.replace(gaussian, tail_variance=1.5)
+
+    plain = expected_input_psnr(stack, gaussian, data_range=300.0)["psnr_expected"]
+    heavy = expected_input_psnr(stack, tailed, data_range=300.0)["psnr_expected"]
+
+    assert plain == pytest.approx(10 * np.log10(300.0**2 / 9.0))
+    assert plain - heavy == pytest.approx(10 * np.log10(1.5))

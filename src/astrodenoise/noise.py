@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from . import io
 from .alignment import load_aligned
+from .noise_model import tail_variance
 from .photon_transfer import fit_poisson_gaussian, mean_variance_curve, mean_variance_figure, survey_noise
 from .provenance import code_version
 from .sky import estimate_background, source_mask
@@ -66,7 +67,9 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: 
     -------
     dict with ``sky_level`` (median sky, data units), ``sky_rms`` (median of the
     Background2D RMS map), ``sigma`` (robust std of source-free, sky-subtracted
-    pixels: the Gaussian noise level), ``blank_fraction`` (share of pixels used),
+    pixels: the Gaussian noise level), ``tail_variance`` (the same pixels' variance
+    within 5 sigma over sigma squared: :func:`~astrodenoise.noise_model.tail_variance`),
+    ``blank_fraction`` (share of pixels used),
     ``nan_fraction``, ``header_gain``/``header_read_noise`` (None if absent), ``gain``
     (e- per data unit, what the noise model uses: :func:`effective_gain`) and
     ``gain_source`` (where it came from, or why there is none),
@@ -92,6 +95,7 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: 
         "sky_level": sky_level,
         "sky_rms": float(np.nanmedian(rms)),
         "sigma": sigma,
+        "tail_variance": tail_variance(residual[~mask], sigma),
         "blank_fraction": float((~mask).mean()),
         "nan_fraction": float((~np.isfinite(data)).mean()),
         "bias": bias,

@@ -14,7 +14,24 @@ import numpy as np
 
 from . import io
 
-__all__ = ["NoiseModel", "pixel_sigma", "read_noise_model"]
+__all__ = ["NoiseModel", "pixel_sigma", "read_noise_model", "TAIL_SIGMA", "tail_variance"]
+
+#: Where the noise's tails end and outliers begin, in sigmas: the leave-one-out reference
+#: rejects a pixel this far from the others (:data:`astrodenoise.reference.REJECT_SIGMA`),
+#: and its clean PSNR leaves those pixels out.
+TAIL_SIGMA = 5.0
+
+
+def tail_variance(residual: np.ndarray, sigma: float) -> float:
+    """Variance of blank-sky ``residual`` (sky-subtracted, sources left out) within
+    :data:`TAIL_SIGMA` ``sigma`` of zero, over ``sigma**2`` (the robust, Gaussian core's):
+    1 for Gaussian noise; above it for noise with heavy tails (warm pixels, a camera's
+    electronics: M13's amateur CCD 1.48), whose mean square, and so the input's PSNR, the
+    robust sigma alone understates. ``sigma`` stays the noise level the rest of the
+    package uses (thresholds, normalisation): the tails are not what a denoiser learns."""
+    values = residual[np.isfinite(residual)]
+    inside = values[np.abs(values) < TAIL_SIGMA * sigma]
+    return float(np.mean(inside**2) / sigma**2) if inside.size else 1.0
 
 
 def pixel_sigma(mean: np.ndarray, *, sky: float, sigma: float, gain: float | None) -> np.ndarray:
@@ -43,6 +60,8 @@ class NoiseModel:
     correlation : lag-1 noise autocorrelation (x, y) of blank sky
     correlated : whether the noise step found it above its ``correlation_limit``
         (Noise2Void assumes independent pixels)
+    tail_variance : blank-sky variance within 5 sigma over ``sigma**2`` (:func:`tail_variance`;
+        1 for Gaussian noise)
     exposure : the exposure's name
     """
 
@@ -54,6 +73,7 @@ class NoiseModel:
     read_noise_source: str = "none"
     correlation: tuple[float, float] = (0.0, 0.0)
     correlated: bool = False
+    tail_variance: float = 1.0
     exposure: str = ""
 
     @classmethod
@@ -77,6 +97,7 @@ class NoiseModel:
                    read_noise_source=rn_source if read_noise is not None else "none",
                    correlation=(float(correlation.get("x", 0.0)), float(correlation.get("y", 0.0))),
                    correlated=bool(measured.get("correlated", False)),
+                   tail_variance=float(measured.get("tail_variance", 1.0)),
                    exposure=str(measured.get("exposure", "")))
 
     def pixel_sigma(self, mean: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ from skimage.metrics import structural_similarity
 from . import io
 from .alignment import onto_grid
 from .metrics import estimated_psnr, reference_mse
-from .noise_model import NoiseModel, read_noise_model
+from .noise_model import TAIL_SIGMA, NoiseModel, read_noise_model
 from .photometry import bias_se
 from .psf import PSF, measure_psf
 from .sky import estimate_background
@@ -53,8 +53,9 @@ __all__ = ["REJECT_SIGMA", "SHAPE_TOLERANCE", "field_exposures", "layer_variance
            "weighted_stack", "leave_one_out_stack", "PSNR_CHECK_DB", "cosmic_ray_pixels", "stack_scores",
            "expected_input_psnr", "reference_check", "exposure_psf"]
 
-#: A pixel of one exposure is rejected this many per-pixel noise sigmas from the others.
-REJECT_SIGMA = 5.0
+#: A pixel of one exposure is rejected this many per-pixel noise sigmas from the others:
+#: where the noise model's tails end (:data:`astrodenoise.noise_model.TAIL_SIGMA`).
+REJECT_SIGMA = TAIL_SIGMA
 
 #: Fraction of the signal added to the per-pixel noise of the rejection test: exposures of
 #: one field differ in seeing and sub-pixel position, so a bright star's core differs by
@@ -237,12 +238,15 @@ def stack_scores(image: np.ndarray, stack: dict, *, data_range: float) -> dict:
 
 def expected_input_psnr(stack: dict, noise: NoiseModel, data_range: float) -> dict:
     """The input's clean PSNR that its noise model predicts (``psnr_expected``: the mean
-    per-pixel noise variance at the deep stack's signal, on the pixels
+    per-pixel noise variance at the deep stack's signal, the noise's tails within 5 sigma
+    included (:attr:`~astrodenoise.noise_model.NoiseModel.tail_variance`), on the pixels
     :func:`stack_scores` measures ``psnr_clean`` on) and the share of its pixels taken for
     cosmic rays (``outlier_fraction``)."""
     hits = cosmic_ray_pixels(stack)
     valid = np.isfinite(stack["layers"]).all(axis=0) & ~hits & np.isfinite(stack["deep"])
-    variance = float(np.mean(layer_variance(stack["deep"][valid], noise)))
+    # Heavy tails (noise_model.tail_variance) add to the mean square the robust sigma gives.
+    tails = noise.sigma**2 * max(noise.tail_variance - 1.0, 0.0)
+    variance = float(np.mean(layer_variance(stack["deep"][valid], noise))) + tails
     return {"psnr_expected": float(10 * np.log10(data_range**2 / variance)),
             "outlier_fraction": float(hits.mean())}
 
