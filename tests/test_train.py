@@ -24,7 +24,7 @@ from astrodenoise.train import (
     train_model,
 )
 from astrodenoise.transform import stabilising
-from conftest import training_exposure
+from conftest import moffat_field, training_exposure
 
 
 @pytest.fixture
@@ -351,3 +351,18 @@ def test_a_method_block_overrides_the_shared_train_settings():
         TrainConfig.from_dict({"method": "n2n", "n2n": 2400})
     with pytest.raises(ValueError, match=r"train settings \['stepz'\] unknown \(for n2n\)"):
         TrainConfig.from_dict({"method": "n2n", "n2n": {"stepz": 2400}})
+
+
+def test_survey_psf_of_short_exposures_comes_from_the_mean_of_their_field():
+    """Stars too faint for a fit in any one exposure (S/N under 10: M13's 5 s frames) reach
+    it in the mean of their field's four: training injects sources of the stars' shape,
+    not the guessed Gaussian; a field of one exposure has no mean to fall back on."""
+    draws = moffat_field(4.5, flux_range=(2.1, 2.35), exposures=4, seed=0)
+    field = [training_exposure(f"e{i}", "f", data) for i, data in enumerate(draws)]
+    singles = [training_exposure(f"s{i}", f"f{i}", data) for i, data in enumerate(draws)]
+
+    psf, alone = survey_psf(field), survey_psf(singles)
+
+    assert psf.n_stars >= 3 and "on the mean of field f's 4 exposures" in psf.method
+    assert psf.fwhm == pytest.approx(4.5, rel=0.05)
+    assert alone.n_stars == 0 and "too few stars" in alone.method

@@ -66,9 +66,8 @@ def estimate_noise(data: np.ndarray, *, header: fits.Header | None = None, bad: 
     Returns
     -------
     dict with ``sky_level`` (median sky, data units), ``sky_rms`` (median of the
-    Background2D RMS map), ``sigma`` (robust std of source-free, sky-subtracted
-    pixels: the Gaussian noise level), ``tail_variance`` (the same pixels' variance
-    within 5 sigma over sigma squared: :func:`~astrodenoise.noise_model.tail_variance`),
+    Background2D RMS map), ``sigma`` (robust std of source-free, sky-subtracted pixels:
+    the Gaussian noise level), ``tail_variance`` (:func:`~.noise_model.tail_variance`),
     ``blank_fraction`` (share of pixels used),
     ``nan_fraction``, ``header_gain``/``header_read_noise`` (None if absent), ``gain``
     (e- per data unit, what the noise model uses: :func:`effective_gain`) and

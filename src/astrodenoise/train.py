@@ -24,6 +24,7 @@ import copy
 import csv
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from . import io
-from .alignment import load_aligned
+from .alignment import load_aligned, spline_shift
 from .model import UNet, UNetConfig
 from .noise_model import read_noise_model
 from .photometry import APERTURE_FACTORS, aperture_radius
@@ -45,9 +46,9 @@ from .sky import estimate_background
 from .sources import source_stamps
 from .transform import Normalisation, to_data
 
-__all__ = ["METHODS", "TrainConfig", "method_settings", "blind_line_axis", "survey_psf", "injection_stamp",
-           "probe_stamps", "make_sampler", "flux_loss", "train_model", "write_curve", "plot_curve",
-           "read_exposures", "train"]
+__all__ = ["METHODS", "TrainConfig", "method_settings", "blind_line_axis", "survey_psf", "field_mean",
+           "injection_stamp", "probe_stamps", "make_sampler", "flux_loss", "train_model", "write_curve",
+           "plot_curve", "read_exposures", "train"]
 
 METHODS = ("n2v", "n2n")
 
@@ -184,12 +185,46 @@ def blind_line_axis(exposures: list[Exposure], config: TrainConfig) -> str | Non
 def survey_psf(exposures: list[Exposure], *, fwhm_guess: float = 3.0, most: int = 8) -> PSF:
     """The survey's PSF for the injected sources of training: the empirical PSF
     (:func:`astrodenoise.psf.measure_psf`) of the exposure with the most usable stars,
-    among at most ``most`` exposures spread over the survey; a Gaussian of ``fwhm_guess``
-    pixels when none has enough."""
+    among at most ``most`` exposures spread over the survey; where none has enough (short
+    exposures: M13's 5 s frames), that of the field whose mean of its aligned exposures
+    (:func:`field_mean`) has the most; a Gaussian of ``fwhm_guess`` pixels when none has."""
     picked = np.unique(np.linspace(0, len(exposures) - 1, min(most, len(exposures))).astype(int))
     measured = [measure_psf(exp.data, estimate_background(exp.data)[0], sigma=exp.noise.sigma, bad=exp.bad,
                             fwhm_guess=fwhm_guess) for exp in (exposures[i] for i in picked)]
-    return max(measured, key=lambda psf: psf.n_stars)  # the first of the most stars
+    best = max(measured, key=lambda psf: psf.n_stars)  # the first of the most stars
+    if best.n_stars:
+        return best
+    fields = {}
+    for exp in exposures:
+        fields.setdefault(exp.field, []).append(exp)
+    for name, group in list(fields.items())[:most]:
+        if len(group) < 2:
+            continue
+        mean, sigma, bad = field_mean(group)
+        deep = measure_psf(mean, np.zeros_like(mean), sigma=sigma, bad=bad, fwhm_guess=fwhm_guess)
+        if deep.n_stars > best.n_stars:
+            best = dataclasses.replace(deep, method=f"{deep.method} on the mean of field {name}'s "
+                                                    f"{len(group)} exposures (too few in one)")
+    return best
+
+
+def field_mean(group: list[Exposure]) -> tuple[np.ndarray, float, np.ndarray]:
+    """(mean, its sky sigma, no-data mask) of one field's exposures, each less its
+    background and moved by the fraction of a pixel its alignment left
+    (:attr:`~astrodenoise.sampling.Exposure.fraction`), so that stars are not widened."""
+    layers = []
+    for exp in group:
+        residual = exp.data - estimate_background(exp.data)[0]
+        bad = ~np.isfinite(residual) if exp.bad is None else exp.bad | ~np.isfinite(residual)
+        moved, reach = residual, bad
+        if max(abs(exp.fraction[0]), abs(exp.fraction[1])) > 1e-3:
+            moved, reach = spline_shift(np.where(bad, 0.0, residual), bad, exp.fraction, outside_bad=True)
+        layers.append(np.where(reach | bad, np.nan, moved))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pixels without data in any exposure
+        mean = np.nanmean(layers, axis=0)
+    sigma = float(np.sqrt(sum(exp.noise.sigma**2 for exp in group)) / len(group))
+    return np.nan_to_num(mean).astype(np.float32), sigma, ~np.isfinite(mean)
 
 
 def injection_stamp(psf: PSF, *, largest: int = 31) -> np.ndarray:
