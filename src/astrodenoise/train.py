@@ -24,7 +24,6 @@ import copy
 import csv
 import dataclasses
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from .noise_model import read_noise_model
 from .photometry import APERTURE_FACTORS, aperture_radius
 from .provenance import code_version
 from .psf import PSF, measure_psf
+from .reference import weighted_stack
 from .sampling import Exposure, PatchSampler, hide_lines, n2v_mask
 from .selection import SELECT, PhotometryProbe, selection_key
 from .sky import estimate_background
@@ -211,7 +211,8 @@ def survey_psf(exposures: list[Exposure], *, fwhm_guess: float = 3.0, most: int 
 def field_mean(group: list[Exposure]) -> tuple[np.ndarray, float, np.ndarray]:
     """(mean, its sky sigma, no-data mask) of one field's exposures, each less its
     background and moved by the fraction of a pixel its alignment left
-    (:attr:`~astrodenoise.sampling.Exposure.fraction`), so that stars are not widened."""
+    (:attr:`~astrodenoise.sampling.Exposure.fraction`), so that stars are not widened;
+    weighted by their sky noise (:func:`astrodenoise.reference.weighted_stack`)."""
     layers = []
     for exp in group:
         residual = exp.data - estimate_background(exp.data)[0]
@@ -220,11 +221,10 @@ def field_mean(group: list[Exposure]) -> tuple[np.ndarray, float, np.ndarray]:
         if max(abs(exp.fraction[0]), abs(exp.fraction[1])) > 1e-3:
             moved, reach = spline_shift(np.where(bad, 0.0, residual), bad, exp.fraction, outside_bad=True)
         layers.append(np.where(reach | bad, np.nan, moved))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # pixels without data in any exposure
-        mean = np.nanmean(layers, axis=0)
-    sigma = float(np.sqrt(sum(exp.noise.sigma**2 for exp in group)) / len(group))
-    return np.nan_to_num(mean).astype(np.float32), sigma, ~np.isfinite(mean)
+    noises = [dataclasses.replace(exp.noise, sky=0.0, gain=None) for exp in group]  # sky noise only
+    mean, _ = weighted_stack(np.stack(layers), noises)
+    sigma = float(1.0 / np.sqrt(sum(1.0 / n.sigma**2 for n in noises)))
+    return np.nan_to_num(mean), sigma, ~np.isfinite(mean)
 
 
 def injection_stamp(psf: PSF, *, largest: int = 31) -> np.ndarray:
