@@ -6,9 +6,11 @@ injection-recovery) and writes, per image kind, the figures the issue's done-whe
 
 - blank-sky noise ratio (input / image), mean over frames;
 - flux bias against the leave-one-out stack, faint (5 < S/N < 20) and bright (S/N > 50),
-  at 1, 2, 3 x FWHM and Kron, mean over frames;
+  at 1, 2, 3 x FWHM and Kron, mean over frames, ± its standard error (each frame's from
+  the scatter of its sources, :func:`astrodenoise.photometry.bias_se`);
 - injection-recovery: median flux bias of the injected bright and faint sources, pooled
-  over frames (:func:`astrodenoise.inject.summarise_recovery`), per aperture;
+  over frames (:func:`astrodenoise.inject.summarise_recovery`), per aperture, ± its
+  bootstrap standard error;
 - detections that match no source of the reference catalogue, summed over frames;
 - the repair pass against the other exposures (networks; :func:`astrodenoise.metrics.repair_check`);
 
@@ -29,7 +31,7 @@ from tables import write_tables
 
 from astrodenoise import io
 from astrodenoise.inject import summarise_recovery
-from astrodenoise.photometry import APERTURES
+from astrodenoise.photometry import APERTURES, bias_se
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("bright", "faint")
@@ -53,10 +55,13 @@ def collect(evaluations: list[dict]) -> dict:
             cells = [s.get("photometry_apertures", {}) for s in scores]
             row[f"stack_{cls}"] = {k: _mean(c.get(k, {}).get(cls, {}).get("bias") for c in cells)
                                    for k in APERTURES}
+            row[f"stack_{cls}_se"] = {k: _pooled_se([c.get(k, {}).get(cls, {}) for c in cells])
+                                      for k in APERTURES}
         injected = summarise_recovery(injections, kind) if injections else None
         for cls in CLASSES:
-            row[f"injected_{cls}"] = {k: (injected["apertures"][k].get(f"{cls}_bias") if injected else None)
-                                      for k in APERTURES}
+            for key, part in ((f"injected_{cls}", "bias"), (f"injected_{cls}_se", "se")):
+                row[key] = {k: injected["apertures"][k].get(f"{cls}_{part}") if injected else None
+                            for k in APERTURES}
         checks = [s["repair_check"] for s in scores if s.get("repair_check")]
         row["repair"] = {key: sum(c[key] for c in checks) for key in checks[0]} if checks else None
         rows[kind] = row
@@ -66,8 +71,21 @@ def collect(evaluations: list[dict]) -> dict:
     return {"kinds": rows, "frames": frames, "code_version": evaluations[0].get("code_version")}
 
 
-def _pcts(cells: dict) -> str:
-    return " / ".join("n/a" if cells[k] is None else f"{100 * cells[k]:+.1f}" for k in APERTURES)
+def _pooled_se(cells: list[dict]) -> float | None:
+    """Standard error of the mean over frames of their median biases (each
+    :func:`astrodenoise.photometry.bias_se`)."""
+    errors = [bias_se(c) for c in cells if c.get("bias") is not None]
+    errors = [e for e in errors if e is not None]
+    return float(np.sqrt(np.sum(np.square(errors))) / len(errors)) if errors else None
+
+
+def _pcts(cells: dict, errors: dict | None = None) -> str:
+    def one(k):
+        if cells[k] is None:
+            return "n/a"
+        se = (errors or {}).get(k)
+        return f"{100 * cells[k]:+.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
+    return " / ".join(one(k) for k in APERTURES)
 
 
 def markdown(result: dict) -> str:
@@ -83,8 +101,10 @@ def markdown(result: dict) -> str:
     ]
     for kind, row in result["kinds"].items():
         ratio = "n/a" if row["rms_ratio"] is None else f"{row['rms_ratio']:.1f}"
-        lines.append(f"| {kind} | {ratio} | {_pcts(row['stack_faint'])} | {_pcts(row['stack_bright'])} "
-                     f"| {_pcts(row['injected_faint'])} | {_pcts(row['injected_bright'])} "
+        lines.append(f"| {kind} | {ratio} | {_pcts(row['stack_faint'], row['stack_faint_se'])} "
+                     f"| {_pcts(row['stack_bright'], row['stack_bright_se'])} "
+                     f"| {_pcts(row['injected_faint'], row['injected_faint_se'])} "
+                     f"| {_pcts(row['injected_bright'], row['injected_bright_se'])} "
                      f"| {row['unmatched']} |")
     lines += ["", "## The repair pass against the other exposures", "",
               "| network | filled pixels | groups | confirmed | unconfirmed pixels "
