@@ -74,9 +74,11 @@ def collect(evaluations: list[dict]) -> dict:
 def _pooled_se(cells: list[dict]) -> float | None:
     """Standard error of the mean over frames of their median biases (each
     :func:`astrodenoise.photometry.bias_se`)."""
-    errors = [bias_se(c) for c in cells if c.get("bias") is not None]
-    errors = [e for e in errors if e is not None]
-    return float(np.sqrt(np.sum(np.square(errors))) / len(errors)) if errors else None
+    kept = [c for c in cells if c.get("bias") is not None and np.isfinite(c["bias"])]  # as _mean
+    errors = [bias_se(c) for c in kept]
+    if not kept or any(e is None for e in errors):
+        return None
+    return float(np.sqrt(np.sum(np.square(errors))) / len(kept))
 
 
 def _pcts(cells: dict, errors: dict | None = None) -> str:

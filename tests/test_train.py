@@ -366,3 +366,14 @@ def test_survey_psf_of_short_exposures_comes_from_the_mean_of_their_field():
     assert psf.n_stars >= 3 and "on the mean of field f's 4 exposures" in psf.method
     assert psf.fwhm == pytest.approx(4.5, rel=0.05)
     assert alone.n_stars == 0 and "too few stars" in alone.method
+
+
+def test_survey_psf_does_not_average_a_field_that_is_not_on_one_grid():
+    """Exposures of one field name that no registration put on one grid (another size)
+    have no mean: the guessed Gaussian, said so, not a crash."""
+    draws = moffat_field(4.5, flux_range=(2.1, 2.35), exposures=2, seed=0)
+    field = [training_exposure("a", "f", draws[0]), training_exposure("b", "f", draws[1][:200, :220])]
+
+    psf = survey_psf(field)
+
+    assert psf.n_stars == 0 and "too few stars" in psf.method

@@ -24,7 +24,9 @@ Gaussian-smoothing baseline) is scored the same way:
   it, in every aperture of :data:`astrodenoise.photometry.APERTURES`: circular apertures
   of 1, 2 and 3 x FWHM each minus a local sky (the mean of a 4-6 FWHM annulus, the
   sources of the reference (the truth, the deep stack, else the input) masked and what a
-  3-sigma clip of the input rejects left out: the same pixels in every image,
+  3-sigma clip of the deep stack where there is one, else of the input, rejects left out
+  (chosen on the input, its own one-sided noise tails would be clipped from its sky and
+  kept in its apertures): the same pixels in every image,
   :func:`astrodenoise.photometry.local_sky`), and Kron
   apertures (2.5 Kron radii) defined on the reference (segmented above 1 sigma of the
   input's noise for the truth, 3 sigma of the reference's own noise otherwise) and laid
@@ -229,7 +231,7 @@ def _aperture_scores(images: dict, *, select, background, phot: dict, mag: np.nd
     """Per image kind, ``photometry_apertures`` and ``photometry_by_magnitude_apertures``:
     every aperture of :data:`~astrodenoise.photometry.APERTURES` on the image against the
     same aperture on the reference, the sky of every image from the pixels chosen on
-    ``select`` (the input against a truth, else the deep stack) off the sources of
+    ``select`` (the deep stack where there is one, else the input) off the sources of
     ``phot["sky_mask"]``."""
     extra = {"__reference__": phot["image"]} | ({"__deep__": phot["deep_image"]} if "deep" in phot else {})
     extra |= {"__clean_input__": phot["clean_input"]} if "clean_input" in phot else {}

@@ -236,8 +236,9 @@ def aperture_suite(images: dict[str, np.ndarray], positions: np.ndarray, *, fwhm
 
     Every aperture is less its local sky (:func:`local_sky`): the mean of the same sky
     pixels in every image, those of each annulus that are not on the sources of ``mask``
-    and that a 3-sigma clip of ``select`` keeps (the noisy input, whose cosmic rays and
-    unmasked neighbours are clipped; same grid as the images). The photometry is then
+    and that a 3-sigma clip of ``select`` keeps (cosmic rays and unmasked neighbours are
+    clipped: the noisy input, or the deep stack of its field, whose clip does not depend
+    on the noise of one image measured; same grid as the images). The photometry is then
     linear and the same for every image: a denoised image and the truth differ in flux
     only where their pixels differ. Circular apertures are of :data:`APERTURE_FACTORS`
     FWHM; Kron apertures are defined once on ``kron_reference`` (background-subtracted,

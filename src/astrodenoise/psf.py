@@ -68,7 +68,8 @@ def measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad: 
     sigma, away from flagged pixels (``bad``: saturated, no data), from the edge and from
     other sources by half a stamp, with at least 20 times the noise of their segment, or
     10 where fewer than ``ENOUGH_STARS`` reach 20 (:data:`STAR_SNR`: a shallow field's
-    few bright "stars" are often blends).
+    few bright "stars" are often blends, which the compactness cut below finds among the
+    faint stars' company), unless that leaves fewer than ``min_stars``.
     Cosmic rays are dropped (a peak pixel whose four direct neighbours do not all reach
     a quarter of it: any PSF sampled by 2 pixels or more per FWHM does), then galaxies
     (stars are the most compact of what is left: peak over flux within 35% of that of
@@ -132,10 +133,15 @@ def _measure_psf(data: np.ndarray, background: np.ndarray, *, sigma: float, bad:
     usable = _isolated(x, y, np.isfinite(np.asarray(cat.fwhm.value, float)), shape=data.shape, half=half,
                        bad=bad)
     snr = flux / (sigma * np.sqrt(area))
-    for least in STAR_SNR:  # the brighter stars where there are enough of them
-        pick = np.flatnonzero(_point_like(residual, x, y, flux, usable & (snr > least), min_stars=min_stars))
-        if len(pick) >= ENOUGH_STARS:
+    passes = []  # the brighter stars where there are enough of them, else the fainter too ...
+    for cut in STAR_SNR:
+        passes.append((cut, np.flatnonzero(_point_like(residual, x, y, flux, usable & (snr > cut),
+                                                        min_stars=min_stars))))
+        if len(passes[-1][1]) >= ENOUGH_STARS:
             break
+    least, pick = passes[-1]
+    if len(pick) < min_stars:  # ... unless their compactness cut leaves too few: then the most
+        least, pick = max(passes, key=lambda p: len(p[1]))
     if len(pick) < min_stars:
         return fallback
     pick = pick[np.argsort(-flux[pick])][:max_stars]

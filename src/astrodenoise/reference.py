@@ -50,8 +50,8 @@ from .psf import PSF, measure_psf
 from .sky import estimate_background
 
 __all__ = ["REJECT_SIGMA", "SHAPE_TOLERANCE", "field_exposures", "layer_variance", "reject_outliers",
-           "weighted_stack", "leave_one_out_stack", "PSNR_CHECK_DB", "cosmic_ray_pixels", "stack_scores",
-           "expected_input_psnr", "reference_check", "exposure_psf"]
+           "weighted_stack", "stack_sigma", "leave_one_out_stack", "PSNR_CHECK_DB", "cosmic_ray_pixels",
+           "stack_scores", "expected_input_psnr", "reference_check", "exposure_psf"]
 
 #: A pixel of one exposure is rejected this many per-pixel noise sigmas from the others:
 #: where the noise model's tails end (:data:`astrodenoise.noise_model.TAIL_SIGMA`).
@@ -151,6 +151,12 @@ def weighted_stack(layers: np.ndarray, noises: list[NoiseModel]) -> tuple[np.nda
     return image.astype(np.float32), variance.astype(np.float32)
 
 
+def stack_sigma(noises: list[NoiseModel]) -> float:
+    """Blank-sky noise sigma of :func:`weighted_stack` over exposures of these noises:
+    ``1 / sqrt(sum 1 / sigma_j^2)``."""
+    return float(1.0 / np.sqrt(sum(1.0 / noise.sigma**2 for noise in noises)))
+
+
 def _on_target_grid(exposures: list[dict], registration: dict, target: int) -> list[tuple[int, np.ndarray]]:
     """(index, data) of every exposure of the field that can be put on the target's grid,
     the target first, each moved onto it and shifted to the target's sky level."""
@@ -197,7 +203,7 @@ def leave_one_out_stack(images: list[str], noise_files: list[str], registration:
     deep, _ = weighted_stack(kept, noises)
     with_data = np.isfinite(layers[1:])
     return {"image": image, "variance": variance,
-            "sigma": float(1.0 / np.sqrt(sum(1.0 / n.sigma**2 for n in noises[1:]))),
+            "sigma": stack_sigma(noises[1:]),
             "layers": kept[1:].astype(np.float32), "deep": deep, "target_rejected": rejected[0],
             "target_flagged": ~np.isfinite(layers[0]),
             "n": len(placed) - 1,

@@ -39,7 +39,7 @@ from .noise_model import read_noise_model
 from .photometry import APERTURE_FACTORS, aperture_radius
 from .provenance import code_version
 from .psf import PSF, measure_psf
-from .reference import weighted_stack
+from .reference import stack_sigma, weighted_stack
 from .sampling import Exposure, PatchSampler, hide_lines, n2v_mask
 from .selection import SELECT, PhotometryProbe, selection_key
 from .sky import estimate_background
@@ -198,8 +198,8 @@ def survey_psf(exposures: list[Exposure], *, fwhm_guess: float = 3.0, most: int 
     for exp in exposures:
         fields.setdefault(exp.field, []).append(exp)
     for name, group in list(fields.items())[:most]:
-        if len(group) < 2:
-            continue
+        if len(group) < 2 or len({exp.data.shape for exp in group}) > 1:
+            continue  # one exposure, or a field not on one grid (unregistered)
         mean, sigma, bad = field_mean(group)
         deep = measure_psf(mean, np.zeros_like(mean), sigma=sigma, bad=bad, fwhm_guess=fwhm_guess)
         if deep.n_stars > best.n_stars:
@@ -221,10 +221,9 @@ def field_mean(group: list[Exposure]) -> tuple[np.ndarray, float, np.ndarray]:
         if max(abs(exp.fraction[0]), abs(exp.fraction[1])) > 1e-3:
             moved, reach = spline_shift(np.where(bad, 0.0, residual), bad, exp.fraction, outside_bad=True)
         layers.append(np.where(reach | bad, np.nan, moved))
-    noises = [dataclasses.replace(exp.noise, sky=0.0, gain=None) for exp in group]  # sky noise only
+    noises = [exp.noise for exp in group]
     mean, _ = weighted_stack(np.stack(layers), noises)
-    sigma = float(1.0 / np.sqrt(sum(1.0 / n.sigma**2 for n in noises)))
-    return np.nan_to_num(mean), sigma, ~np.isfinite(mean)
+    return np.nan_to_num(mean), stack_sigma(noises), ~np.isfinite(mean)
 
 
 def injection_stamp(psf: PSF, *, largest: int = 31) -> np.ndarray:
