@@ -180,7 +180,7 @@ def test_psf_of_an_exposure_with_too_few_bright_stars_comes_from_its_fields_deep
 
 def test_expected_input_psnr_counts_the_noises_heavy_tails():
     """A camera whose blank sky has 1.5 times the robust sigma's variance within 5 sigma
-    (M13's: 1.48) gives an input 10 log10(1.5) = 1.76 dB below what sigma alone predicts;
+    (M13's: 1.34) gives an input 10 log10(1.5) = 1.76 dB below what sigma alone predicts;
     the reference's self-test compares the estimate with that, not with sigma's."""
     shape = (40, 40)
     stack = {"layers": np.full((3, *shape), 100.0), "deep": np.full(shape, 100.0),

@@ -25,10 +25,10 @@ TAIL_SIGMA = 5.0
 def tail_variance(residual: np.ndarray, sigma: float) -> float:
     """Variance of blank-sky ``residual`` (sky-subtracted, sources left out) within
     :data:`TAIL_SIGMA` ``sigma`` of zero, over ``sigma**2`` (the robust, Gaussian core's):
-    1 for Gaussian noise; above it for noise with heavy tails (warm pixels, a camera's
-    electronics: M13's amateur CCD 1.48), whose mean square, and so the input's PSNR, the
-    robust sigma alone understates. ``sigma`` stays the noise level the rest of the
-    package uses (thresholds, normalisation): the tails are not what a denoiser learns."""
+    1 for Gaussian noise; above it for noise with heavy tails (a camera's single-pixel
+    dips or warm pixels: M13's amateur CCD 1.34), whose mean square, and so the input's
+    PSNR, the robust sigma alone understates. ``sigma`` stays the noise level the rest of
+    the package uses (thresholds, normalisation)."""
     values = residual[np.isfinite(residual)]
     inside = values[np.abs(values) < TAIL_SIGMA * sigma]
     return float(np.mean(inside**2) / sigma**2) if inside.size else 1.0
