@@ -227,17 +227,17 @@ def _structure_scores(image, *, data, background, mask, sigma, phot, sources, co
     return out
 
 
-def _aperture_scores(images: dict, *, select, background, phot: dict, mag: np.ndarray, config) -> dict:
+def _aperture_scores(images: dict, *, background, phot: dict, mag: np.ndarray, config) -> dict:
     """Per image kind, ``photometry_apertures`` and ``photometry_by_magnitude_apertures``:
     every aperture of :data:`~astrodenoise.photometry.APERTURES` on the image against the
     same aperture on the reference, the sky of every image from the pixels chosen on
-    ``select`` (the deep stack where there is one, else the input) off the sources of
-    ``phot["sky_mask"]``."""
+    ``phot["sky_select"]`` (the deep stack where there is one, else the input) off the
+    sources of ``phot["sky_mask"]``."""
     extra = {"__reference__": phot["image"]} | ({"__deep__": phot["deep_image"]} if "deep" in phot else {})
     extra |= {"__clean_input__": phot["clean_input"]} if "clean_input" in phot else {}
     fluxes = aperture_suite(images | extra, phot["positions"], fwhm=phot["fwhm"],
                             kron_reference=phot["kron_reference"], threshold=phot["threshold"],
-                            select=select, background=background, mask=phot["sky_mask"])
+                            select=phot["sky_select"], background=background, mask=phot["sky_mask"])
     reference, deep = fluxes.pop("__reference__"), fluxes.pop("__deep__", None)
     clean = fluxes.pop("__clean_input__", None)
     out = {name: {"photometry_apertures": bias_by_aperture(flux, reference, phot["snr"], denominator=deep),
@@ -322,14 +322,8 @@ def _score_all(images: dict, data: np.ndarray, *, sky: dict, ref: dict, config) 
                                           sigma=noise.sigma, phot=ref["phot"], sources=ref["sources"],
                                           config=config, input_power=input_power)
     if ref["phot"] is not None:
-        # The sky pixels are chosen on an image whose noise is not the measured one's alone
-        # (the deep stack, as the sky mask): chosen on the input, its clip keeps the input's
-        # own noise tails out of its sky but not out of its apertures. M13's camera has
-        # single-pixel dips (0.85% of pixels at -5 to -8 sigma): its input read -22 / -44 /
-        # -72% against the stack at 1 / 2 / 3 x FWHM, -2 / -3 / 0% with the deep stack's.
-        select = data if stack is None else stack["deep"]
-        extras = _aperture_scores(images, select=select, background=background, phot=ref["phot"],
-                                  mag=ref["phot"]["mag"], config=config)
+        extras = _aperture_scores(images, background=background, phot=ref["phot"], mag=ref["phot"]["mag"],
+                                  config=config)
         for name, extra in extras.items():
             scores[name] |= extra
     if truth is not None:

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from . import io
-from .alignment import load_aligned, spline_shift
+from .alignment import load_aligned, shift_subpixel
 from .model import UNet, UNetConfig
 from .noise_model import read_noise_model
 from .photometry import APERTURE_FACTORS, aperture_radius
@@ -216,11 +216,9 @@ def field_mean(group: list[Exposure]) -> tuple[np.ndarray, float, np.ndarray]:
     layers = []
     for exp in group:
         residual = exp.data - estimate_background(exp.data)[0]
-        bad = ~np.isfinite(residual) if exp.bad is None else exp.bad | ~np.isfinite(residual)
-        moved, reach = residual, bad
-        if max(abs(exp.fraction[0]), abs(exp.fraction[1])) > 1e-3:
-            moved, reach = spline_shift(np.where(bad, 0.0, residual), bad, exp.fraction, outside_bad=True)
-        layers.append(np.where(reach | bad, np.nan, moved))
+        if exp.bad is not None:
+            residual = np.where(exp.bad, np.nan, residual)
+        layers.append(shift_subpixel(residual, exp.fraction, residual.shape))
     noises = [exp.noise for exp in group]
     mean, _ = weighted_stack(np.stack(layers), noises)
     return np.nan_to_num(mean), stack_sigma(noises), ~np.isfinite(mean)
